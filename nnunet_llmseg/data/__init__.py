@@ -1,0 +1,1 @@
+"""The data side of semi-supervised training: unlabelled preprocessing, labelled subsets, the dual loader."""

@@ -1,0 +1,165 @@
+"""Shared fixtures: an isolated nnU-Net environment and a tiny synthetic dataset, planned and preprocessed once.
+
+The tiny dataset (``Dataset901_LLMSegTiny``) has a few 32^3 single-channel cases with two foreground labels
+(a bright ellipsoid = label 1, a darker box next to it = label 2) plus unlabelled images in
+``imagesUnlabeled/``. ``nnUNetv2_plan_and_preprocess`` runs for real, once per test session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HIPPOCAMPUS = REPO_ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
+
+TINY_ID = 901
+TINY_NAME = "Dataset901_LLMSegTiny"
+
+
+def _bin(name: str) -> str:
+    """Console script from the interpreter's own environment (works inside a venv without activation)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def run_cli(args: list[str], env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a console script, failing the test with its output if it exits non-zero."""
+    cmd = [_bin(args[0]), *args[1:]]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"command failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout ---\n{proc.stdout[-6000:]}"
+            f"\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def write_nifti(array: np.ndarray, path: Path, spacing=(1.0, 1.0, 1.0)) -> None:
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(tuple(float(s) for s in spacing))
+    sitk.WriteImage(img, str(path))
+
+
+def make_tiny_case(rng: np.random.Generator, shape=(32, 32, 32)) -> tuple[np.ndarray, np.ndarray]:
+    """An image with two adjacent structures of different brightness and its label map."""
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    c = np.array(shape) / 2 + rng.integers(-4, 5, size=3)
+    r = rng.integers(5, 8, size=3)
+    ell = ((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2 <= 1
+    seg = np.zeros(shape, dtype=np.uint8)
+    seg[ell] = 1
+    z0, y0, x0 = int(c[0]) - 3, int(c[1]) - 3, int(c[2] + r[2]) + 1
+    box = np.zeros(shape, dtype=bool)
+    box[max(z0, 0):z0 + 6, max(y0, 0):y0 + 6, x0:min(x0 + 5, shape[2])] = True
+    seg[box & ~ell] = 2
+    img = rng.normal(0.0, 0.3, size=shape).astype(np.float32)
+    img[seg == 1] += 2.0
+    img[seg == 2] += 1.0
+    return img, seg
+
+
+@dataclass
+class NNUNetEnv:
+    raw: Path
+    preprocessed: Path
+    results: Path
+
+    def environ(self, **extra: str) -> dict:
+        env = dict(os.environ)
+        env.update(
+            nnUNet_raw=str(self.raw),
+            nnUNet_preprocessed=str(self.preprocessed),
+            nnUNet_results=str(self.results),
+            nnUNet_n_proc_DA="1",
+            nnUNet_def_n_proc="1",
+            nnUNet_compile="false",
+            OMP_NUM_THREADS="2",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+
+@dataclass
+class TinyDataset:
+    env: NNUNetEnv
+    dataset_id: int
+    name: str
+    raw_folder: Path
+    preprocessed_folder: Path
+    labelled_cases: list[str]
+    unlabelled_cases: list[str]
+
+
+@pytest.fixture(scope="session")
+def nnunet_env(tmp_path_factory) -> NNUNetEnv:
+    """nnU-Net's three folders in a session temp dir, exported for this process and its subprocesses."""
+    base = tmp_path_factory.mktemp("nnunet")
+    env = NNUNetEnv(base / "raw", base / "preprocessed", base / "results")
+    for p in (env.raw, env.preprocessed, env.results):
+        p.mkdir(parents=True, exist_ok=True)
+    for k, v in env.environ().items():
+        if k.startswith("nnUNet") or k in ("OMP_NUM_THREADS",):
+            os.environ[k] = v
+    return env
+
+
+def build_tiny_raw_dataset(raw_root: Path, n_labelled: int = 6, n_unlabelled: int = 3, seed: int = 0) -> Path:
+    folder = raw_root / TINY_NAME
+    for sub in ("imagesTr", "labelsTr", "imagesUnlabeled"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n_labelled):
+        img, seg = make_tiny_case(rng)
+        write_nifti(img, folder / "imagesTr" / f"tiny_{i:03d}_0000.nii.gz")
+        write_nifti(seg, folder / "labelsTr" / f"tiny_{i:03d}.nii.gz")
+    for i in range(n_unlabelled):
+        img, _ = make_tiny_case(rng)
+        write_nifti(img, folder / "imagesUnlabeled" / f"unl_{i:03d}_0000.nii.gz")
+    dataset_json = {
+        "channel_names": {"0": "MRI"},
+        "labels": {"background": 0, "hippocampus_anterior": 1, "hippocampus_posterior": 2},
+        "numTraining": n_labelled,
+        "file_ending": ".nii.gz",
+        "name": "LLMSegTiny",
+    }
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(nnunet_env: NNUNetEnv) -> TinyDataset:
+    """Dataset901: 6 labelled + 3 unlabelled 32^3 cases, planned and preprocessed (3d_fullres) for real."""
+    raw_folder = build_tiny_raw_dataset(nnunet_env.raw)
+    run_cli(
+        ["nnUNetv2_plan_and_preprocess", "-d", str(TINY_ID), "-c", "3d_fullres", "-np", "1",
+         "--verify_dataset_integrity"],
+        env=nnunet_env.environ(),
+    )
+    return TinyDataset(
+        env=nnunet_env,
+        dataset_id=TINY_ID,
+        name=TINY_NAME,
+        raw_folder=raw_folder,
+        preprocessed_folder=nnunet_env.preprocessed / TINY_NAME,
+        labelled_cases=[f"tiny_{i:03d}" for i in range(6)],
+        unlabelled_cases=[f"unl_{i:03d}" for i in range(3)],
+    )
+
+
+@pytest.fixture(scope="session")
+def hippocampus_msd() -> Path:
+    """The real MSD Task04 folder; skips cleanly when ../shared is absent."""
+    if not (HIPPOCAMPUS / "dataset.json").is_file():
+        pytest.skip(f"real data not available at {HIPPOCAMPUS}")
+    return HIPPOCAMPUS
