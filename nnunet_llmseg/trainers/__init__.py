@@ -1,3 +1,35 @@
-"""Our nnU-Net trainers. The shim module that nnU-Net imports re-exports everything in ``__all__``."""
+"""Our nnU-Net trainers. The shim module that nnU-Net imports re-exports everything in ``__all__``.
 
-__all__: list[str] = []
+Importing this package imports torch and nnunetv2; the start-up hook never does.
+"""
+
+from nnunet_llmseg.trainers.llmseg import nnUNetTrainerLLMSeg
+from nnunet_llmseg.trainers.schedules import register_schedules
+from nnunet_llmseg.trainers.semi_supervised import (
+    nnUNetTrainerCoTraining,
+    nnUNetTrainerLabelledOnly,
+    nnUNetTrainerSemiSupervised,
+)
+from nnunet_llmseg.trainers.tak import nnUNetTrainerTAK
+from nnunet_llmseg.trainers.variants import (
+    nnUNetTrainerLLMSeg_noText,
+    nnUNetTrainerLLMSeg_noUSL,
+    nnUNetTrainerTAK_noBalance,
+    nnUNetTrainerTAK_noContrast,
+    nnUNetTrainerTAK_noText,
+)
+
+_METHOD_TRAINERS = [
+    nnUNetTrainerLabelledOnly,
+    nnUNetTrainerCoTraining,
+    nnUNetTrainerLLMSeg,
+    nnUNetTrainerLLMSeg_noText,
+    nnUNetTrainerLLMSeg_noUSL,
+    nnUNetTrainerTAK,
+    nnUNetTrainerTAK_noText,
+    nnUNetTrainerTAK_noContrast,
+    nnUNetTrainerTAK_noBalance,
+]
+
+__all__ = [t.__name__ for t in _METHOD_TRAINERS] + ["nnUNetTrainerSemiSupervised"]
+__all__ += register_schedules(_METHOD_TRAINERS, globals())

@@ -1,0 +1,347 @@
+"""The base trainers: labelled subsets, unlabelled data, and the co-training loop both methods share.
+
+- :class:`nnUNetTrainerLabelledOnly` - vanilla nnU-Net trained on the labelled subset only (the fair baseline).
+- :class:`nnUNetTrainerSemiSupervised` - owns the data side: the labelled subset of the fold, unlabelled
+  preprocessing on first use, and a loader that yields a labelled and an unlabelled batch every iteration.
+- :class:`nnUNetTrainerCoTraining` - two networks (one :class:`TwinNetwork`), each teaching the other on a CutMix
+  view of the unlabelled batch; method trainers override ``build_network_architecture`` and ``compute_losses``.
+
+Everything else (planning, preprocessing, augmentation, poly LR, mixed precision, DDP, sliding-window
+validation and prediction) is nnU-Net's own.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from torch import nn
+from torch._dynamo import OptimizedModule
+
+from nnunet_llmseg.data import mixing
+from nnunet_llmseg.data.labelled_subset import load_labelled_subset, split_training_keys
+from nnunet_llmseg.data.unlabeled_loader import (
+    UnlabeledDataLoader,
+    build_unlabeled_dataset,
+    get_unlabeled_batch_size,
+)
+from nnunet_llmseg.data.unlabeled_preprocessing import (
+    ensure_unlabeled_preprocessed,
+    unlabeled_preprocessed_folder,
+)
+from nnunet_llmseg.losses.cps import CrossPseudoSupervisionLoss
+from nnunet_llmseg.networks.text_unets import TwinNetwork, predict_networks_from_env
+from nnunet_llmseg.trainers.progress import SemiSupervisedLocalLogger
+
+TWIN_PLANS_KEY = "nnunet_llmseg"
+
+
+def twin_has_regions(plans_manager) -> bool:
+    """Whether the outputs are sigmoid regions; recorded in the plans by the trainer (the predictor has no labels)."""
+    return bool(plans_manager.plans.get(TWIN_PLANS_KEY, {}).get("has_regions", False))
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module under DDP and torch.compile wrappers."""
+    mod = network.module if hasattr(network, "module") and not isinstance(network, TwinNetwork) else network
+    return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+
+def labelled_split(trainer: nnUNetTrainer) -> tuple[list[str], list[str], list[str]]:
+    """(labelled training keys, unlabelled-designated training keys, validation keys) of the trainer's fold.
+
+    The subset file (``labelled_subset_fold{F}.json`` written by ``nnunet-llmseg subset``) decides which training
+    cases keep their labels; without it every training case is labelled. Validation cases are never touched.
+    """
+    tr_keys, val_keys = trainer.do_split()
+    subset = load_labelled_subset(trainer.preprocessed_dataset_folder_base, trainer.fold) \
+        if trainer.fold != "all" else None
+    labelled, unlabelled = split_training_keys(list(tr_keys), subset)
+    if subset is not None:
+        trainer.print_to_log_file(
+            f"Labelled subset (fold {trainer.fold}, rule {subset.get('rule')}, seed {subset.get('seed')}): "
+            f"{len(labelled)} labelled, {len(unlabelled)} training cases used as unlabelled, "
+            f"{len(val_keys)} validation cases. Labelled: {sorted(labelled)}")
+    return labelled, unlabelled, list(val_keys)
+
+
+class nnUNetTrainerLabelledOnly(nnUNetTrainer):
+    """Vanilla nnU-Net on the labelled subset only: the baseline every semi-supervised result is compared to."""
+
+    def get_tr_and_val_datasets(self):
+        labelled, _, val_keys = labelled_split(self)
+        kw = {"folder_with_segs_from_previous_stage": self.folder_with_segs_from_previous_stage}
+        return (self.dataset_class(self.preprocessed_dataset_folder, labelled, **kw),
+                self.dataset_class(self.preprocessed_dataset_folder, val_keys, **kw))
+
+
+class DualBatchLoader:
+    """Yields nnU-Net's labelled batch with the unlabelled batch added under ``data_u`` (two augmenters)."""
+
+    def __init__(self, labelled, unlabelled) -> None:
+        self.labelled = labelled
+        self.unlabelled = unlabelled
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.labelled)
+        batch["data_u"] = next(self.unlabelled)["data"]
+        return batch
+
+    def _finish(self) -> None:
+        for gen in (self.labelled, self.unlabelled):
+            if isinstance(gen, NonDetMultiThreadedAugmenter):
+                gen._finish()
+
+
+class nnUNetTrainerSemiSupervised(nnUNetTrainer):
+    """Base of the semi-supervised trainers: the data side.
+
+    Every iteration gets nnU-Net's labelled batch (foreground oversampling, nnU-Net's augmentation) plus an
+    unlabelled batch of random crops with the same spatial and intensity augmentation. The planned batch size
+    is split between the two (``labelled_batch_fraction``, at least one each), so a step costs what nnU-Net's
+    step costs per network.
+    """
+
+    #: share of nnU-Net's planned batch size that is labelled (rest: unlabelled)
+    labelled_batch_fraction: float = 0.5
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.unlabeled_batch_size: int | None = None
+        self.unlabeled_train_keys: list[str] = []
+        self.logger.local_logger = SemiSupervisedLocalLogger()
+
+    def _set_batch_size_and_oversample(self) -> None:
+        super()._set_batch_size_and_oversample()
+        self.batch_size, self.unlabeled_batch_size = get_unlabeled_batch_size(
+            self.batch_size, self.labelled_batch_fraction)
+
+    def get_tr_and_val_datasets(self):
+        labelled, unlabelled, val_keys = labelled_split(self)
+        self.unlabeled_train_keys = unlabelled
+        kw = {"folder_with_segs_from_previous_stage": self.folder_with_segs_from_previous_stage}
+        return (self.dataset_class(self.preprocessed_dataset_folder, labelled, **kw),
+                self.dataset_class(self.preprocessed_dataset_folder, val_keys, **kw))
+
+    def get_dataloaders(self):
+        dl_train, dl_val = super().get_dataloaders()
+        return DualBatchLoader(dl_train, self.get_unlabeled_dataloader()), dl_val
+
+    def get_unlabeled_dataloader(self):
+        """Preprocess ``imagesUnlabeled`` on first use (rank 0), then build the augmented unlabelled loader."""
+        plans_file = join(self.preprocessed_dataset_folder_base, self.plans_manager.plans_name + ".json")
+        if self.local_rank == 0:
+            ensure_unlabeled_preprocessed(self.plans_manager.dataset_name, self.configuration_name,
+                                          self.plans_manager.plans_name)
+        if self.is_ddp:
+            dist.barrier()
+        folder = unlabeled_preprocessed_folder(self.preprocessed_dataset_folder_base,
+                                               self.configuration_manager.data_identifier)
+        dataset = build_unlabeled_dataset(self.preprocessed_dataset_folder,
+                                          folder if folder.is_dir() else None, self.unlabeled_train_keys)
+        if len(dataset.identifiers) == 0:
+            raise RuntimeError(
+                f"{self.__class__.__name__} is a semi-supervised trainer but found no unlabelled data for "
+                f"{self.plans_manager.dataset_name} fold {self.fold}: no images in nnUNet_raw/"
+                f"{self.plans_manager.dataset_name}/imagesUnlabeled and no labelled subset file "
+                f"(labelled_subset_fold{self.fold}.json) that leaves training cases unlabelled. Add unlabelled "
+                "images, or run `nnunet-llmseg subset -d DATASET -f FOLD --count N`, or train with "
+                f"nnUNetTrainer. (plans: {plans_file})")
+        self.print_to_log_file(f"Unlabelled cases: {len(dataset.identifiers)}; batch {self.batch_size} labelled + "
+                               f"{self.unlabeled_batch_size} unlabelled")
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        transforms = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation, None, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
+            foreground_labels=self.label_manager.foreground_labels, regions=None, ignore_label=None)
+        world = dist.get_world_size() if self.is_ddp else 1
+        loader = UnlabeledDataLoader(dataset, self.unlabeled_batch_size, initial_patch_size,
+                                     self.configuration_manager.patch_size, transforms=transforms,
+                                     rank=self.local_rank, world_size=world)
+        n_proc = get_allowed_n_proc_DA()
+        if n_proc == 0:
+            return SingleThreadedAugmenter(loader, None)
+        return NonDetMultiThreadedAugmenter(loader, None, num_processes=max(1, n_proc // 2),
+                                            num_cached=max(3, n_proc // 2), seeds=None,
+                                            pin_memory=self.device.type == "cuda", wait_time=0.002)
+
+    def on_train_end(self) -> None:
+        if isinstance(self.dataloader_train, DualBatchLoader):
+            self.dataloader_train._finish()
+        super().on_train_end()
+
+
+class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
+    """Two networks, each teaching the other on unlabelled data (cross pseudo-supervision with CutMix).
+
+    Per iteration: network A sees ``[labelled, unlabelled]``, network B sees ``[labelled, CutMix(unlabelled)]``
+    (one ``TwinNetwork`` call, so DDP synchronises both). Both get nnU-Net's Dice+CE with deep supervision on the
+    labelled part; on the unlabelled part B is supervised by A's predictions mixed the same way, and A by B's
+    (``compute_losses``). One SGD optimiser holds both networks' parameters (identical to two optimisers with
+    nnU-Net's settings, and nnU-Net's poly schedule, checkpointing and resume apply unchanged); gradients are
+    clipped per network.
+    """
+
+    #: maximum weight of the unsupervised loss, reached after ``rampup_fraction`` of all iterations
+    unsup_weight_max: float = 1.0
+    rampup_fraction: float = 0.2
+    #: CutMix box volume as a fraction of the patch
+    cutmix_volume_fraction: tuple[float, float] = (0.25, 0.5)
+    #: whether ``TwinNetwork`` must also return decoder features (TAK's contrastive loss needs them)
+    return_features: bool = False
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self._iteration_in_epoch = 0
+        self.unsupervised_loss: nn.Module | None = None
+        # what the inference-time network build needs beyond nnU-Net's plans (copied into the model folder)
+        self.plans_manager.plans[TWIN_PLANS_KEY] = {"has_regions": bool(self.label_manager.has_regions)}
+
+    def initialize(self) -> None:
+        super().initialize()
+        self.unsupervised_loss = self._build_unsupervised_loss()
+
+    def _build_unsupervised_loss(self) -> nn.Module:
+        """Plain cross pseudo-supervision (Chen et al. 2021); method trainers override this."""
+        return CrossPseudoSupervisionLoss()
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        def one() -> nn.Module:
+            return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager,
+                                                            num_input_channels, num_output_channels,
+                                                            enable_deep_supervision)
+        return TwinNetwork(one(), one(), predict_networks_from_env(), has_regions=twin_has_regions(plans_manager))
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        unwrap(self.network).set_deep_supervision(enabled)
+
+    # ---- schedule -------------------------------------------------------------------------------------------
+    def unsup_weight(self) -> float:
+        """Sigmoid ramp-up (Laine & Aila 2017): w_max * exp(-5 (1 - t)^2), t = progress / rampup share."""
+        total = max(1, self.num_epochs * self.num_iterations_per_epoch)
+        it = self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch
+        ramp = max(1.0, self.rampup_fraction * total)
+        t = min(1.0, it / ramp)
+        return float(self.unsup_weight_max * math.exp(-5.0 * (1.0 - t) ** 2))
+
+    def on_train_epoch_start(self) -> None:
+        self._iteration_in_epoch = 0
+        super().on_train_epoch_start()
+
+    # ---- one iteration --------------------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else nullcontext()
+
+    def train_step(self, batch: dict) -> dict:
+        x_l = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        y_l = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        x_u = batch["data_u"].to(self.device, non_blocking=True)
+        n_l, n_u = x_l.shape[0], x_u.shape[0]
+
+        mask = mixing.cutmix_box_mask(n_u, tuple(x_u.shape[2:]), self.cutmix_volume_fraction, self.device)
+        pool = torch.cat((x_u, x_l))
+        partner = mixing.partner_indices(n_u, pool.shape[0]).to(self.device)
+        x_mix = mixing.mix(x_u, pool[partner], mask)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            out_a, out_b = self.network(torch.cat((x_l, x_u)), torch.cat((x_l, x_mix)),
+                                        return_features=self.return_features)
+            losses = self.compute_losses(out_a, out_b, y_l, n_l, n_u, mask, partner)
+        self._backward_and_step(losses["loss"])
+        self._iteration_in_epoch += 1
+        return {k: (v.detach().float().cpu().numpy() if torch.is_tensor(v) else np.asarray(v))
+                for k, v in losses.items()}
+
+    def compute_losses(self, out_a, out_b, y_l, n_l: int, n_u: int, mask: torch.Tensor,
+                       partner: torch.Tensor) -> dict:
+        """Supervised Dice+CE for both networks + weighted mutual unsupervised loss on the mixed view.
+
+        ``out_*`` are nnU-Net outputs (a list over deep-supervision scales, full resolution first) for the
+        concatenated batch; the first ``n_l`` samples are labelled. Returns a dict with ``loss`` (to backprop)
+        and the values to log.
+        """
+        sup = self.loss(_take(out_a, 0, n_l), y_l) + self.loss(_take(out_b, 0, n_l), y_l)
+        logits_a = _full_res(out_a)
+        logits_b_mix = _full_res(out_b)[n_l:]
+        pool_a = torch.cat((logits_a[n_l:], logits_a[:n_l]))  # same pool order as the images
+        a_mixed = mixing.mix(logits_a[n_l:], pool_a[partner], mask)
+        loss_b, stats_b = self.unsupervised_loss(logits_b_mix, a_mixed)  # A teaches B
+        loss_a, stats_a = self.unsupervised_loss(a_mixed, logits_b_mix)  # B teaches A
+        w = self.unsup_weight()
+        unsup = loss_a + loss_b
+        return {"loss": sup + w * unsup, "sup_loss": sup.detach(), "unsup_loss": unsup.detach(),
+                "unsup_weight": w,
+                "confident_fraction": 0.5 * (stats_a["confident_fraction"] + stats_b["confident_fraction"])}
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
+        twin = unwrap(self.network)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            self._clip(twin)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            self._clip(twin)
+            self.optimizer.step()
+
+    @staticmethod
+    def _clip(twin: nn.Module) -> None:
+        torch.nn.utils.clip_grad_norm_(twin.net_a.parameters(), 12)
+        torch.nn.utils.clip_grad_norm_(twin.net_b.parameters(), 12)
+
+    # ---- logging --------------------------------------------------------------------------------------------
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        super().on_train_epoch_end(train_outputs)
+        for key, log_key in (("sup_loss", "sup_losses"), ("unsup_loss", "unsup_losses"),
+                             ("unsup_weight", "unsup_weight"), ("confident_fraction", "confident_fraction")):
+            values = [float(o[key]) for o in train_outputs if key in o]
+            value = float(np.mean(values)) if values else float("nan")
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, value)
+                value = float(np.nanmean(gathered))
+            self.logger.log(log_key, value, self.current_epoch)
+        self.logger.log("gate", self.gate_value(), self.current_epoch)
+        self.logger.log("class_weights", self.class_weights_for_log(), self.current_epoch)
+        log = self.logger.local_logger.my_fantastic_logging
+        self.print_to_log_file(
+            f"sup_loss {log['sup_losses'][-1]:.4f} unsup_loss {log['unsup_losses'][-1]:.4f} "
+            f"(weight {log['unsup_weight'][-1]:.3f}) confident {log['confident_fraction'][-1]:.3f} "
+            f"gate {log['gate'][-1]:.4f}")
+
+    def gate_value(self) -> float:
+        """Fusion gate to log (LLM-SegNet); 0 for trainers without one."""
+        return 0.0
+
+    def class_weights_for_log(self) -> list[float] | None:
+        """Per-class loss weights to log (TAK); None for trainers without them."""
+        return None
+
+
+def _take(out, start: int, stop: int):
+    return [o[start:stop] for o in out] if isinstance(out, (list, tuple)) else out[start:stop]
+
+
+def _full_res(out) -> torch.Tensor:
+    return out[0] if isinstance(out, (list, tuple)) else out

@@ -1,0 +1,189 @@
+"""TAK as an nnU-Net trainer: text priors as segmentation-head parameters, contrastive alignment, class balance.
+
+On top of :class:`nnUNetTrainerCoTraining` (the twin network and its CutMix view are TAK's teacher/mixing):
+
+- ``build_network_architecture``: each network's full-resolution head is a text-driven dynamic head whose
+  parameters a controller generates from the class's shape + location embeddings and a global image feature.
+- ``compute_losses``: nnU-Net's Dice+CE with deep supervision, plus a class-imbalance-aware term (DHC's
+  distribution-aware weights for network A and difficulty-aware weights for network B, i.e. DHC's heterogeneous
+  pair; or a GALoss-style hard-voxel loss), the same weights on the cross pseudo-labels, and a supervised
+  contrastive loss that aligns voxel features of the two finest decoder scales with the class text embeddings.
+
+See README "TAK" for the equations and the choices made where the paper and its code are silent.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import nn
+
+from nnunet_llmseg.data import mixing
+from nnunet_llmseg.losses.class_balance import build_class_balance
+from nnunet_llmseg.losses.contrastive import TextAnchoredContrastiveLoss, sample_class_voxels
+from nnunet_llmseg.networks.text_unets import TextDrivenUNet, TwinNetwork, predict_networks_from_env
+from nnunet_llmseg.trainers.semi_supervised import _full_res, _take, nnUNetTrainerCoTraining, twin_has_regions, unwrap
+from nnunet_llmseg.trainers.text_priors import load_text_spec, stacked_rows, text_spec_from_plans
+
+
+class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
+    """TAK (textual anatomical knowledge) for class-imbalanced semi-supervised multi-organ segmentation."""
+
+    use_text: bool = True
+    text_keys: tuple[str, ...] = ("tak_shape", "tak_location")
+    #: contrastive alignment: weight, start epoch (None: 10% of the epochs), projection size, voxels per class
+    use_contrast: bool = True
+    contrast_weight: float = 0.1
+    contrast_start_epoch: int | None = None
+    contrast_dim: int = 64
+    contrast_voxels_per_class: int = 64
+    contrast_temperature: float = 0.07
+    #: normalised-entropy threshold for pseudo-labelled voxels; relaxes linearly from start to end over training
+    entropy_threshold: tuple[float, float] = (0.25, 0.75)
+    #: "dhc" (distribution-aware for A, difficulty-aware for B), "galoss", or "none"
+    class_balance: str = "dhc"
+    balance_weight: float = 1.0
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.return_features = True
+        self.priors, self.prior_rows = (None, None)
+        if self.use_text:
+            self.priors, self.prior_rows = load_text_spec(self)
+        elif self.use_contrast:
+            pass  # contrast without text anchors: plain supervised contrastive loss on voxels
+        if self.label_manager.has_regions and self.use_contrast:
+            self.print_to_log_file("Region-based labels: contrastive alignment disabled (regions overlap).")
+            self.use_contrast = False
+        self.contrastive = TextAnchoredContrastiveLoss(self.contrast_temperature)
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        spec = text_spec_from_plans(plans_manager) if cls.use_text else {"text_dim": 1}
+
+        def one() -> nn.Module:
+            unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager,
+                                                            num_input_channels, num_output_channels,
+                                                            enable_deep_supervision)
+            return TextDrivenUNet(unet, num_output_channels, spec["text_dim"], use_text=cls.use_text,
+                                  contrast_dim=cls.contrast_dim if cls.use_contrast else 0)
+
+        balance = nn.ModuleDict({
+            "a": build_class_balance(cls._balance_kind("a"), num_output_channels),
+            "b": build_class_balance(cls._balance_kind("b"), num_output_channels),
+        })
+        return TwinNetwork(one(), one(), predict_networks_from_env(), has_regions=twin_has_regions(plans_manager),
+                           training_state=balance)
+
+    @classmethod
+    def _balance_kind(cls, net: str) -> str:
+        """DHC's heterogeneous pair: distribution-aware weights for A, difficulty-aware for B."""
+        if cls.class_balance == "dhc":
+            return "dhc_dist" if net == "a" else "dhc_diff"
+        return cls.class_balance
+
+    def initialize(self) -> None:
+        super().initialize()
+        if self.use_text:
+            text = stacked_rows(self.priors, self.text_keys, self.prior_rows).to(self.device)
+            twin = unwrap(self.network)
+            for net in (twin.net_a, twin.net_b):
+                net.text_embeddings.copy_(text)
+
+    # ---- schedule ------------------------------------------------------------------------------------------
+    def _progress(self) -> float:
+        total = max(1, self.num_epochs * self.num_iterations_per_epoch)
+        return min(1.0, (self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch) / total)
+
+    def _contrast_active(self) -> bool:
+        start = self.contrast_start_epoch if self.contrast_start_epoch is not None \
+            else int(math.floor(0.1 * self.num_epochs))
+        return self.use_contrast and self.current_epoch >= start
+
+    # ---- losses --------------------------------------------------------------------------------------------
+    def compute_losses(self, out_a, out_b, y_l, n_l: int, n_u: int, mask: torch.Tensor,
+                       partner: torch.Tensor) -> dict:
+        (logits_a, feats_a), (logits_b, feats_b) = out_a, out_b
+        twin = unwrap(self.network)
+        balance = twin.training_state
+        sup = self.loss(_take(logits_a, 0, n_l), y_l) + self.loss(_take(logits_b, 0, n_l), y_l)
+
+        la, lb = _full_res(logits_a).float(), _full_res(logits_b).float()
+        y_full = (y_l[0] if isinstance(y_l, (list, tuple)) else y_l)[:, 0].long()
+        with torch.no_grad():
+            balance["a"].update(torch.softmax(la[:n_l], 1), y_full)
+            balance["b"].update(torch.softmax(lb[:n_l], 1), y_full)
+        bal_sup = balance["a"](la[:n_l], y_full) + balance["b"](lb[:n_l], y_full)
+
+        # cross pseudo-supervision on the mixed view, with the same class-balance terms
+        pool_a = torch.cat((la[n_l:], la[:n_l]))
+        a_mixed = mixing.mix(la[n_l:], pool_a[partner], mask)
+        b_mixed = lb[n_l:]
+        with torch.no_grad():
+            prob_from_a = torch.softmax(a_mixed.detach(), 1)
+            prob_from_b = torch.softmax(b_mixed.detach(), 1)
+        unsup = balance["b"](b_mixed, prob_from_a.argmax(1)) + balance["a"](a_mixed, prob_from_b.argmax(1))
+        confident = 0.5 * ((prob_from_a.max(1).values >= 0.65).float().mean()
+                           + (prob_from_b.max(1).values >= 0.65).float().mean())
+
+        contrast = la.new_zeros(())
+        if self._contrast_active():
+            thr = self._entropy_threshold()
+            plab_b = self._reliable_labels(prob_from_a, thr)  # B's mixed frame, labelled by A
+            plab_a = self._reliable_labels(prob_from_b, thr)  # A's unmixed frame, labelled by B where unmixed
+            plab_a = plab_a.masked_fill(mask[:, 0], -1)
+            contrast = 0.5 * (self._contrast(twin.net_a, feats_a, y_l, plab_a, n_l)
+                              + self._contrast(twin.net_b, feats_b, y_l, plab_b, n_l))
+
+        w = self.unsup_weight()
+        total = sup + self.balance_weight * bal_sup + w * unsup + self.contrast_weight * contrast
+        return {"loss": total, "sup_loss": (sup + self.balance_weight * bal_sup).detach(),
+                "unsup_loss": unsup.detach(), "unsup_weight": w, "confident_fraction": confident.detach(),
+                "contrast_loss": contrast.detach()}
+
+    def _entropy_threshold(self) -> float:
+        start, end = self.entropy_threshold
+        return start + (end - start) * self._progress()
+
+    @staticmethod
+    def _reliable_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Argmax pseudo-labels; voxels whose normalised entropy exceeds ``threshold`` are ignored (-1)."""
+        k = prob.shape[1]
+        entropy = -(prob * torch.log(prob.clamp_min(1e-8))).sum(1) / math.log(max(k, 2))
+        return prob.argmax(1).masked_fill(entropy > threshold, -1)
+
+    def _contrast(self, net: nn.Module, feats: list[torch.Tensor], y_l, plab_u: torch.Tensor, n_l: int):
+        """Supervised contrastive loss over the finest scales, class texts as extra anchors (TAK's alignment)."""
+        targets = y_l if isinstance(y_l, (list, tuple)) else [y_l]
+        k = self.label_manager.num_segmentation_heads
+        anchors = net.text_proj(net.class_text()) if net.text_proj is not None else None
+        losses = []
+        for s, proj in enumerate(net.voxel_proj):
+            f = feats[s].float()
+            lab_l = targets[s][:, 0].long() if s < len(targets) else None
+            if lab_l is None:
+                break
+            lab_u = F.interpolate(plab_u[:, None].float(), size=f.shape[2:], mode="nearest")[:, 0].long()
+            labels = torch.cat((lab_l, lab_u))
+            sampled, sampled_labels = sample_class_voxels(f, labels, self.contrast_voxels_per_class, k)
+            if sampled.shape[0] == 0:
+                continue
+            losses.append(self.contrastive(proj(sampled), sampled_labels, anchors=anchors))
+        return torch.stack(losses).mean() if losses else feats[0].new_zeros(())
+
+    # ---- logging -------------------------------------------------------------------------------------------
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        super().on_train_epoch_end(train_outputs)
+        values = [float(o["contrast_loss"]) for o in train_outputs if "contrast_loss" in o]
+        if values:
+            self.print_to_log_file(f"contrast_loss {sum(values) / len(values):.4f}")
+
+    def class_weights_for_log(self) -> list[float] | None:
+        state = unwrap(self.network).training_state
+        w = getattr(state["a"], "weights", None)
+        return [round(float(x), 4) for x in w().tolist()] if callable(w) else None

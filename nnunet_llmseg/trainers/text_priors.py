@@ -1,0 +1,74 @@
+"""Bridge between ``prior_generation``'s priors file and the networks' text buffers.
+
+Training: the trainer loads the priors (refusing priors written for other labels), records their size in the
+plans under :data:`PLANS_KEY` (nnU-Net copies the plans into the model folder), and copies the embeddings into
+the networks' persistent buffers. Inference: ``nnUNetv2_predict`` builds the network from the model folder's
+plans alone (sizes from :data:`PLANS_KEY`) and the buffers are restored from the checkpoint - no priors file,
+no LLM and no text encoder are needed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from prior_generation.priors_file import PriorsError, TextPriors, load_priors
+
+PLANS_KEY = "nnunet_llmseg_text"
+
+
+def head_rows(priors: TextPriors, label_manager: LabelManager) -> list[int]:
+    """Row of the priors for every output channel of the network, in output order.
+
+    Label-based datasets: channel ``i`` predicts label value ``label_manager.all_labels[i]`` (background
+    included). Region-based datasets: channel ``i`` predicts ``foreground_regions[i]`` (no background channel).
+    """
+    def as_key(v) -> tuple[int, ...]:
+        return tuple(sorted(int(x) for x in v)) if isinstance(v, (list, tuple)) else (int(v),)
+
+    lookup = {as_key(v): i for i, v in enumerate(priors.label_values)}
+    wanted = label_manager.foreground_regions if label_manager.has_regions else label_manager.all_labels
+    rows = []
+    for w in wanted:
+        key = as_key(w)
+        if key not in lookup:
+            raise PriorsError(
+                f"The text priors have no class for label/region {w} (priors classes: "
+                f"{dict(zip(priors.class_names, priors.label_values))}). "
+                "Rerun: python -m prior_generation -d <DATASET>")
+        rows.append(lookup[key])
+    return rows
+
+
+def load_text_spec(trainer) -> tuple[TextPriors, list[int]]:
+    """Load and check the dataset's priors and record their size in the trainer's plans."""
+    priors = load_priors(trainer.preprocessed_dataset_folder_base, trainer.dataset_json)
+    rows = head_rows(priors, trainer.label_manager)
+    trainer.plans_manager.plans[PLANS_KEY] = {
+        "text_dim": int(priors.dim),
+        "num_classes": len(priors.class_names),
+        "num_heads": len(rows),
+        "encoder": priors.encoder,
+        "content_hash": priors.content_hash,
+    }
+    trainer.print_to_log_file(f"Text priors: encoder {priors.encoder}, dim {priors.dim}, "
+                              f"hash {priors.content_hash}, classes {priors.class_names}")
+    return priors, rows
+
+
+def text_spec_from_plans(plans_manager: PlansManager) -> dict:
+    """The sizes the network needs, as recorded by the trainer; a clear error for foreign plans."""
+    spec = plans_manager.plans.get(PLANS_KEY)
+    if spec is None:
+        raise PriorsError(
+            f"The plans ({plans_manager.plans_name}) have no '{PLANS_KEY}' entry: this model folder was not "
+            "written by an nnunet-llmseg text trainer, or the plans were replaced. Predict with the plans.json "
+            "that training copied into the model folder.")
+    return spec
+
+
+def stacked_rows(priors: TextPriors, keys: tuple[str, ...], rows: list[int]) -> torch.Tensor:
+    """``(len(rows), len(keys) * dim)`` float32: the embeddings of ``keys`` for each row, concatenated."""
+    parts = [np.asarray(priors.embeddings[k], dtype=np.float32)[rows] for k in keys]
+    return torch.from_numpy(np.concatenate(parts, axis=1))
