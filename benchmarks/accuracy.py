@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prepare_hippocampus import DATASET_ID, DATASET_NAME, REPO, _bin, prepare  # noqa: E402
+from prepare_hippocampus import DATASET_ID, DATASET_NAME, REPO, _bin, prepare
 
 METHODS = {
     "labelled_only": "nnUNetTrainerLabelledOnly",
