@@ -36,7 +36,7 @@ def _fold_keys(preprocessed_base: Path, configuration: str, plans_identifier: st
         plans = PlansManager(str(preprocessed_base / f"{plans_identifier}.json"))
         data_folder = preprocessed_base / plans.get_configuration(configuration).data_identifier
         if not data_folder.is_dir():
-            raise SubsetError(f"{data_folder} does not exist: run nnUNetv2_plan_and_preprocess -c {configuration} first")
+            raise SubsetError(f"{data_folder} does not exist: run nnUNetv2_plan_and_preprocess -c {configuration}")
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
         ids = sorted(infer_dataset_class(str(data_folder)).get_identifiers(str(data_folder)))
@@ -72,7 +72,7 @@ def create_labelled_subset(dataset_name_or_id: str | int, fold: int, count: int 
         if fraction is not None:
             if not 0 < fraction <= 1:
                 raise SubsetError(f"--fraction must be in (0, 1], got {fraction}")
-            n, rule = int(round(fraction * len(train))), f"fraction={fraction}"
+            n, rule = round(fraction * len(train)), f"fraction={fraction}"
         else:
             n, rule = int(count), f"count={count}"
         if n > len(train):

@@ -158,6 +158,8 @@ def _preprocess_one(out_truncated: str, files: list[str], plans_file: str, confi
     plans = PlansManager(plans_file)
     cm = plans.get_configuration(configuration)
     preprocessor = cm.preprocessor_class(verbose=False)
+    for f in files:
+        _check_readable(f)
     try:
         data, mask, props = preprocessor.run_case(files, None, plans, cm, dataset_json)
     except Exception as e:
@@ -173,6 +175,22 @@ def _preprocess_one(out_truncated: str, files: list[str], plans_file: str, confi
                        cparams={"codec": blosc2.Codec.LZ4HC, "clevel": 5, "nthreads": 1})
         os.replace(part, out_truncated + suffix)
     Path(out_truncated + ".json").write_text(json.dumps(_jsonable(props)))
+
+
+def _check_readable(path: str) -> None:
+    """ITK reads a truncated .nii.gz without complaint (zeros where data is missing); check the stream first."""
+    import gzip
+    import zlib
+
+    if not os.path.isfile(path):
+        raise UnlabeledImageError(f"unlabelled image {path} does not exist")
+    if path.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as fh:
+                while fh.read(1 << 22):
+                    pass
+        except (OSError, EOFError, zlib.error) as e:
+            raise UnlabeledImageError(f"cannot read unlabelled image {path}: corrupt or truncated gzip ({e})") from e
 
 
 def ensure_unlabeled_preprocessed(dataset_name_or_id: str | int, configuration: str = "3d_fullres",

@@ -102,7 +102,7 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
 
     def _contrast_active(self) -> bool:
         start = self.contrast_start_epoch if self.contrast_start_epoch is not None \
-            else int(math.floor(0.1 * self.num_epochs))
+            else math.floor(0.1 * self.num_epochs)
         return self.use_contrast and self.current_epoch >= start
 
     # ---- losses --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
 from prior_generation.priors_file import PriorsError, TextPriors, load_priors
 
 PLANS_KEY = "nnunet_llmseg_text"

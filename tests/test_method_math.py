@@ -1,0 +1,162 @@
+"""The methods' maths on hand-built tensors: USL, CPS, contrastive loss, class balance, fusion gate, dynamic head."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nnunet_llmseg.losses.class_balance import build_class_balance
+from nnunet_llmseg.losses.contrastive import TextAnchoredContrastiveLoss, sample_class_voxels
+from nnunet_llmseg.losses.cps import CrossPseudoSupervisionLoss
+from nnunet_llmseg.losses.usl import UnifiedSegmentationLoss
+from nnunet_llmseg.networks.dynamic_head import TextDrivenDynamicHead
+from nnunet_llmseg.networks.text_fusion import TextFusionBlock
+
+
+def _logits_from_probs(p: list[list[float]]) -> torch.Tensor:
+    """(1, K, V) logits whose softmax is exactly ``p`` (rows: voxels)."""
+    return torch.log(torch.tensor(p, dtype=torch.float64)).t()[None]
+
+
+def test_usl_matches_hand_computation_on_mixed_voxels():
+    # two voxels, two classes. voxel 0: peer confident (0.9) in class 0; voxel 1: peer unsure (0.6 < 0.65)
+    peer = _logits_from_probs([[0.9, 0.1], [0.6, 0.4]])
+    student = _logits_from_probs([[0.7, 0.3], [0.2, 0.8]])
+    loss, stats = UnifiedSegmentationLoss(tau=0.65)(student.float(), peer.float())
+    nll = 0.9 * -math.log(0.7)  # confidence-weighted NLL of the peer's label (class 0)
+    mse = ((0.2 - 0.6) ** 2 + (0.8 - 0.4) ** 2) / 2  # squared distance of softmax maps / K
+    assert loss.item() == pytest.approx((nll + mse) / 2, rel=1e-5)
+    assert stats["confident_fraction"].item() == pytest.approx(0.5)
+
+
+def test_usl_all_confident_and_none_confident_edge_cases():
+    peer = _logits_from_probs([[0.95, 0.05], [0.2, 0.8]]).float()
+    student = _logits_from_probs([[0.6, 0.4], [0.3, 0.7]]).float()
+    all_conf, s1 = UnifiedSegmentationLoss(tau=0.65)(student, peer)
+    assert all_conf.item() == pytest.approx((0.95 * -math.log(0.6) + 0.8 * -math.log(0.7)) / 2, rel=1e-5)
+    assert s1["confident_fraction"].item() == 1.0
+    none_conf, s2 = UnifiedSegmentationLoss(tau=0.99)(student, peer)
+    expected = (((0.6 - 0.95) ** 2 + (0.4 - 0.05) ** 2) / 2 + ((0.3 - 0.2) ** 2 + (0.7 - 0.8) ** 2) / 2) / 2
+    assert none_conf.item() == pytest.approx(expected, rel=1e-5)
+    assert s2["confident_fraction"].item() == 0.0
+
+
+def test_usl_gradient_reaches_student_only_and_empty_mask_is_finite():
+    student = torch.randn(2, 3, 4, 4, 4, requires_grad=True)
+    peer = torch.randn(2, 3, 4, 4, 4, requires_grad=True)
+    loss, _ = UnifiedSegmentationLoss()(student, peer)
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert peer.grad is None
+    empty = torch.zeros(2, 1, 4, 4, 4, dtype=torch.bool)
+    loss_empty, stats = UnifiedSegmentationLoss()(student, peer, mask=empty)
+    assert torch.isfinite(loss_empty) and loss_empty.item() == 0.0 and stats["confident_fraction"].item() == 0.0
+
+
+def test_usl_negative_learning_penalises_confidently_absent_classes():
+    peer = _logits_from_probs([[0.98, 0.01, 0.01]]).float()
+    good = _logits_from_probs([[0.9, 0.05, 0.05]]).float()
+    bad = _logits_from_probs([[0.5, 0.45, 0.05]]).float()
+    usl = UnifiedSegmentationLoss(negative_learning=True)
+    assert usl(bad, peer)[1]["negative"] > usl(good, peer)[1]["negative"]
+
+
+def test_cps_is_cross_entropy_against_peer_argmax():
+    peer = _logits_from_probs([[0.9, 0.1], [0.3, 0.7]]).float()
+    student = _logits_from_probs([[0.6, 0.4], [0.5, 0.5]]).float()
+    loss, _ = CrossPseudoSupervisionLoss()(student, peer)
+    assert loss.item() == pytest.approx((-math.log(0.6) - math.log(0.5)) / 2, rel=1e-5)
+
+
+def test_contrastive_minimum_for_identical_features_and_swapped_labels_raise_it():
+    loss_fn = TextAnchoredContrastiveLoss(temperature=0.07)
+    a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    feats = torch.stack([a, a, a, b, b, b])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    ideal = loss_fn(feats, labels)
+    noisy = loss_fn(feats + 0.3 * torch.randn_like(feats, generator=torch.Generator().manual_seed(0)), labels)
+    swapped = loss_fn(feats, torch.tensor([0, 1, 0, 1, 0, 1]))
+    assert ideal < noisy and ideal < swapped
+    # the minimum: every sample's positives are exact copies, negatives orthogonal
+    n_pos, n_neg = 2, 3
+    expected = -math.log(math.exp(1 / 0.07) / (n_pos * math.exp(1 / 0.07) + n_neg * math.exp(0)))
+    assert ideal.item() == pytest.approx(expected, rel=1e-4)
+    # text anchors join: anchors at the class centres keep the loss low, swapped anchors raise it
+    with_anchors = loss_fn(feats, labels, anchors=torch.stack([a, b]))
+    wrong_anchors = loss_fn(feats, labels, anchors=torch.stack([b, a]))
+    assert with_anchors < wrong_anchors
+
+
+def test_sample_class_voxels_caps_each_class():
+    feats = torch.randn(2, 5, 6, 6, 6)
+    labels = torch.zeros(2, 6, 6, 6, dtype=torch.long)
+    labels[:, :2] = 1
+    labels[0, 0, 0, 0] = 2
+    labels[1, 5] = -1
+    f, lab = sample_class_voxels(feats, labels, max_per_class=10, num_classes=3)
+    counts = torch.bincount(lab, minlength=3)
+    assert counts.tolist() == [10, 10, 1] and f.shape == (21, 5)
+
+
+def test_distribution_weights_rise_for_a_class_made_rarer():
+    dist = build_class_balance("dhc_dist", 3)
+    balanced = torch.tensor([0] * 40 + [1] * 30 + [2] * 30).reshape(1, 100)
+    rare2 = torch.tensor([0] * 60 + [1] * 38 + [2] * 2).reshape(1, 100)
+    probs = torch.full((1, 3, 100), 1 / 3)
+    dist.update(probs, balanced)
+    before = dist.weights()[2].item()
+    for _ in range(300):
+        dist.update(probs, rare2)
+    assert dist.weights()[2].item() > before
+    assert dist.weights()[2] > dist.weights()[1] > dist.weights()[0]
+
+
+def test_difficulty_weights_rise_for_a_poorly_segmented_class():
+    diff = build_class_balance("dhc_diff", 3)
+    labels = torch.tensor([0] * 40 + [1] * 30 + [2] * 30).reshape(1, 100)
+    probs = torch.nn.functional.one_hot(labels, 3).movedim(-1, 1).float()
+    probs[:, :, 70:] = torch.tensor([0.5, 0.5, 0.0])[None, :, None]  # class 2 never predicted
+    diff.update(probs, labels)
+    w = diff.weights()
+    assert w[2] > w[0] and w[2] > w[1]
+
+
+def test_galoss_gives_every_present_class_equal_say():
+    loss_fn = build_class_balance("galoss", 2, topk_ratio=1.0)
+    logits = torch.zeros(1, 2, 100)
+    labels = torch.zeros(1, 100, dtype=torch.long)
+    labels[0, :2] = 1  # tiny class
+    logits[0, 0, 2:] = 5.0  # big class well predicted, tiny class wrong
+    loss = loss_fn(logits, labels)
+    ce_big = torch.nn.functional.cross_entropy(torch.tensor([[5.0, 0.0]]), torch.tensor([0])).item()
+    ce_small = torch.nn.functional.cross_entropy(torch.tensor([[0.0, 0.0]]), torch.tensor([1])).item()
+    assert loss.item() == pytest.approx((ce_big + ce_small) / 2, rel=1e-5)
+
+
+def test_fusion_gate_at_init_leaves_features_unchanged_and_learns():
+    block = TextFusionBlock(text_dim=16, channels=8, conv_op=torch.nn.Conv3d)
+    x = torch.randn(2, 8, 3, 4, 5)
+    text = torch.randn(3, 16)
+    out = block(x, text)
+    assert torch.equal(out, x)
+    out.sum().backward()
+    assert block.gate.grad is not None and block.gate.grad.abs() > 0
+
+
+@pytest.mark.parametrize("spatial", [(5, 6), (4, 5, 6)])
+def test_dynamic_head_equals_reference_loop(spatial):
+    torch.manual_seed(0)
+    head = TextDrivenDynamicHead(in_channels=6, text_dim=10, num_classes=4, global_channels=7,
+                                 hidden_channels=5, conv_dims=len(spatial))
+    torch.nn.init.normal_(head.controller.weight, std=0.1)
+    feats = torch.randn(3, 6, *spatial)
+    g = torch.randn(3, 7)
+    text = torch.randn(4, 10, requires_grad=True)
+    out = head(feats, g, text)
+    ref = head.reference_forward(feats, g, text)
+    assert out.shape == (3, 4, *spatial)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    out.sum().backward()
+    assert head.class_embed[0].weight.grad.abs().sum() > 0 and text.grad.abs().sum() > 0

@@ -1,0 +1,297 @@
+"""The data side and the trainers, on copies of the tiny dataset, through nnU-Net's real commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import blosc2
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from nnunet_llmseg.data.labelled_subset import SubsetError, create_labelled_subset, load_labelled_subset
+from nnunet_llmseg.data.unlabeled_loader import build_unlabeled_dataset, get_unlabeled_batch_size
+from nnunet_llmseg.data.unlabeled_preprocessing import (
+    UnlabeledImageError,
+    preprocess_unlabeled,
+    unlabeled_preprocessed_folder,
+)
+from prior_generation.dataset_info import labels_from_dataset_json
+from prior_generation.priors_file import PriorsError, TextPriors, load_priors, make_priors, save_priors
+from test_foundation import assert_valid_predictions
+
+
+def copy_dataset(tiny, new_id: int, suffix: str, with_unlabelled: bool = True) -> tuple[str, Path, Path]:
+    """A private copy (raw + preprocessed) of the session's tiny dataset under a new id."""
+    name = f"Dataset{new_id:03d}_{suffix}"
+    raw = tiny.env.raw / name
+    pre = tiny.env.preprocessed / name
+    if pre.exists():
+        return name, raw, pre
+    shutil.copytree(tiny.raw_folder, raw)
+    if not with_unlabelled:
+        shutil.rmtree(raw / "imagesUnlabeled")
+    shutil.copytree(tiny.preprocessed_folder, pre,
+                    ignore=shutil.ignore_patterns("labelled_subset_*", "text_priors*", "*_unlabeled*"))
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["dataset_name"] = name
+    (pre / "nnUNetPlans.json").write_text(json.dumps(plans, indent=2))
+    return name, raw, pre
+
+
+def write_test_priors(pre: Path, dataset_json: dict, dim: int = 24, drop: str | None = None) -> TextPriors:
+    """Priors with fixed pseudo-random embeddings (the generator itself is tested in test_prior_generation)."""
+    names, values = labels_from_dataset_json(dataset_json)
+    if drop is not None:
+        keep = [i for i, n in enumerate(names) if n != drop]
+        names, values = [names[i] for i in keep], [values[i] for i in keep]
+    rng = np.random.default_rng(7)
+    emb = {}
+    for k in ("llmseg", "tak_shape", "tak_location"):
+        a = rng.normal(size=(len(names), dim))
+        emb[k] = (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+    save_priors(pre, make_priors(names, values, emb, encoder="test-fixed-random"))
+    return load_priors(pre)
+
+
+def build_trainer(name: str, dataset_name: str, pre: Path, trainer_cls=None, dataset_json: dict | None = None):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    cls = trainer_cls or recursive_find_trainer_class_by_name(name)
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    dj = dataset_json or json.loads((pre / "dataset.json").read_text())
+    return cls(plans=plans, configuration="3d_fullres", fold=0, dataset_json=dj, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def semi(tiny_dataset):
+    """Dataset903: the tiny data with priors and a labelled subset of 2 (fold 0 has 4 training cases)."""
+    name, raw, pre = copy_dataset(tiny_dataset, 903, "LLMSegSemi")
+    dataset_json = json.loads((pre / "dataset.json").read_text())
+    priors = write_test_priors(pre, dataset_json)
+    subset = create_labelled_subset(903, 0, count=2, seed=1)
+    return {"name": name, "raw": raw, "pre": pre, "priors": priors, "subset": subset, "tiny": tiny_dataset}
+
+
+# ---- labelled subsets ----------------------------------------------------------------------------------------
+
+def test_subset_is_reproducible_and_excludes_validation(semi):
+    s = semi["subset"]
+    splits = json.loads((semi["pre"] / "splits_final.json").read_text())
+    assert set(s["labelled"]) | set(s["unlabelled"]) == set(splits[0]["train"])
+    assert not set(s["labelled"]) & set(splits[0]["val"]) and s["validation"] == sorted(splits[0]["val"])
+    again = create_labelled_subset(903, 0, count=2, seed=1)  # same rule + seed: same choice, file unchanged
+    assert again["labelled"] == s["labelled"]
+    assert load_labelled_subset(semi["pre"], 0)["labelled"] == s["labelled"]
+    with pytest.raises(SubsetError, match="exists with another choice"):
+        create_labelled_subset(903, 0, cases=[c for c in splits[0]["train"] if c not in s["labelled"]][:1])
+
+
+def test_subset_errors_name_the_problem(semi):
+    with pytest.raises(SubsetError, match="empty"):
+        create_labelled_subset(903, 1, count=0)
+    with pytest.raises(SubsetError, match="not training cases.*nope"):
+        create_labelled_subset(903, 1, cases=["nope"])
+    val = json.loads((semi["pre"] / "splits_final.json").read_text())[1]["val"]
+    with pytest.raises(SubsetError, match="validation cases"):
+        create_labelled_subset(903, 1, cases=[val[0]])
+
+
+def test_subset_cli(semi):
+    proc = run_cli(["nnunet-llmseg", "subset", "-d", "903", "-f", "2", "--fraction", "0.5", "--seed", "3"],
+                   env=semi["tiny"].env.environ())
+    assert "labelled" in proc.stdout
+    assert len(load_labelled_subset(semi["pre"], 2)["labelled"]) == 2
+
+
+# ---- unlabelled preprocessing and loading ----------------------------------------------------------------------
+
+def test_unlabelled_preprocessing_matches_nnunet_bit_for_bit(tiny_dataset):
+    name, raw, pre = copy_dataset(tiny_dataset, 904, "LLMSegBits")
+    src = raw / "imagesTr" / "tiny_000_0000.nii.gz"
+    shutil.copy(src, raw / "imagesUnlabeled" / "copyoftiny000_0000.nii.gz")
+    out = preprocess_unlabeled(904, "3d_fullres")
+    ours = blosc2.open(str(out / "copyoftiny000.b2nd"), mode="r")[:]
+    theirs = blosc2.open(str(pre / "nnUNetPlans_3d_fullres" / "tiny_000.b2nd"), mode="r")[:]
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    assert np.array_equal(ours, theirs)
+    props = json.loads((out / "copyoftiny000.json").read_text())
+    assert props["shape_before_cropping"] == [32, 32, 32]
+    assert not list(out.glob("*.pkl")), "unlabelled properties are JSON, never pickle"
+    # up to date: a second call does nothing; the CLI reports it
+    mtime = (out / "_complete.json").stat().st_mtime
+    proc = run_cli(["nnunet-llmseg", "preprocess-unlabeled", "-d", "904", "-c", "3d_fullres"],
+                   env=tiny_dataset.env.environ())
+    assert "already preprocessed" in proc.stdout and (out / "_complete.json").stat().st_mtime == mtime
+
+
+def test_corrupt_unlabelled_image_names_the_file_and_leaves_nothing_half_written(tiny_dataset):
+    name, raw, pre = copy_dataset(tiny_dataset, 905, "LLMSegCorrupt")
+    good = preprocess_unlabeled(905, "3d_fullres")
+    before = sorted(p.name for p in good.iterdir())
+    bad = raw / "imagesUnlabeled" / "broken_0000.nii.gz"
+    bad.write_bytes((raw / "imagesUnlabeled" / "unl_000_0000.nii.gz").read_bytes()[:200])
+    with pytest.raises(UnlabeledImageError, match="broken_0000.nii.gz"):
+        preprocess_unlabeled(905, "3d_fullres")
+    assert sorted(p.name for p in good.iterdir()) == before, "the previous complete folder is kept"
+    assert not [p for p in pre.iterdir() if ".tmp-" in p.name], "no temporary folder left behind"
+
+
+def test_batch_split_defaults():
+    assert get_unlabeled_batch_size(2) == (1, 1)
+    assert get_unlabeled_batch_size(9) == (5, 4)
+    assert get_unlabeled_batch_size(1) == (1, 1)
+    assert get_unlabeled_batch_size(4, 0.75) == (3, 1)
+
+
+def test_loader_batches_and_labels_of_unlabelled_cases_are_never_read(semi):
+    trainer = build_trainer("nnUNetTrainerLLMSeg", semi["name"], semi["pre"])
+    trainer.initialize()
+    # make the labels of the unlabelled-designated cases unreadable: training must not notice
+    folder = semi["pre"] / "nnUNetPlans_3d_fullres"
+    saved = {}
+    for case in semi["subset"]["unlabelled"]:
+        seg = folder / f"{case}_seg.b2nd"
+        saved[seg] = seg.read_bytes()
+        seg.write_bytes(b"corrupt")
+    try:
+        train_loader, val_loader = trainer.get_dataloaders()
+        assert sorted(trainer.unlabeled_train_keys) == semi["subset"]["unlabelled"]
+        for _ in range(3):
+            batch = next(train_loader)
+            assert batch["data"].shape == (1, 1, 32, 32, 32) and batch["data"].dtype == torch.float32
+            assert batch["data_u"].shape == (1, 1, 32, 32, 32) and batch["data_u"].dtype == torch.float32
+            assert set(batch["keys"]) <= set(semi["subset"]["labelled"])
+            assert torch.isfinite(batch["data_u"]).all() and batch["data_u"].abs().max() < 50
+    finally:
+        for path, content in saved.items():
+            path.write_bytes(content)
+    ds = build_unlabeled_dataset(folder, unlabeled_preprocessed_folder(semi["pre"], "nnUNetPlans_3d_fullres"),
+                                 semi["subset"]["unlabelled"])
+    assert set(ds.identifiers) == set(semi["subset"]["unlabelled"]) | {"unl_000", "unl_001", "unl_002"}
+
+
+def test_unlabelled_augmentation_changes_crops(semi):
+    trainer = build_trainer("nnUNetTrainerLLMSeg", semi["name"], semi["pre"])
+    trainer.initialize()
+    trainer.get_tr_and_val_datasets()
+    loader = trainer.get_unlabeled_dataloader()
+    raw_loader = loader.data_loader if hasattr(loader, "data_loader") else loader
+    raw_loader.transforms = None
+    plain = [next(loader)["data"] for _ in range(6)]
+    assert all(p.shape == (1, 1, 32, 32, 32) for p in plain)
+    trainer2 = build_trainer("nnUNetTrainerLLMSeg", semi["name"], semi["pre"])
+    trainer2.initialize()
+    trainer2.get_tr_and_val_datasets()
+    aug = trainer2.get_unlabeled_dataloader()
+    augmented = [next(aug)["data"] for _ in range(6)]
+    stds = [float(a.std()) for a in augmented]
+    assert all(np.isfinite(stds)) and max(abs(float(a.mean())) for a in augmented) < 5
+
+
+def test_semi_supervised_trainer_refuses_to_start_without_unlabelled_data(tiny_dataset):
+    name, raw, pre = copy_dataset(tiny_dataset, 906, "LLMSegNoUnl", with_unlabelled=False)
+    from nnunet_llmseg.trainers import nnUNetTrainerLLMSeg_noText
+
+    trainer = build_trainer("", name, pre, trainer_cls=nnUNetTrainerLLMSeg_noText)
+    trainer.initialize()
+    with pytest.raises(RuntimeError, match="found no unlabelled data"):
+        trainer.get_dataloaders()
+
+
+def test_labelled_only_baseline_trains_on_the_subset_only(semi):
+    trainer = build_trainer("nnUNetTrainerLabelledOnly", semi["name"], semi["pre"])
+    trainer.initialize()
+    tr, val = trainer.get_tr_and_val_datasets()
+    assert sorted(tr.identifiers) == semi["subset"]["labelled"]
+    assert sorted(val.identifiers) == semi["subset"]["validation"]
+
+
+# ---- priors ---------------------------------------------------------------------------------------------------
+
+def test_trainers_refuse_missing_or_mismatched_priors(tiny_dataset, semi):
+    name, raw, pre = copy_dataset(tiny_dataset, 907, "LLMSegPriors")
+    with pytest.raises(PriorsError, match="No text priors.*prior_generation -d Dataset907"):
+        build_trainer("nnUNetTrainerLLMSeg", name, pre)
+    dj = json.loads((pre / "dataset.json").read_text())
+    write_test_priors(pre, dj, drop="hippocampus_posterior")
+    with pytest.raises(PriorsError, match="missing from the priors: hippocampus_posterior.*prior_generation"):
+        build_trainer("nnUNetTrainerTAK", name, pre)
+    renamed = dict(dj, labels={"background": 0, "hippocampus_anterior": 1, "tail": 2})
+    with pytest.raises(PriorsError, match="do not match dataset.json labels"):
+        build_trainer("nnUNetTrainerLLMSeg", semi["name"], semi["pre"], dataset_json=renamed)
+
+
+# ---- training, prediction, resume ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerLLMSeg_2epochs_3it", "nnUNetTrainerTAK_2epochs_3it"])
+def test_trainer_trains_two_tiny_epochs_and_predicts(semi, trainer, tmp_path):
+    env = semi["tiny"].env.environ()
+    run_cli(["nnUNetv2_train", "903", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env=env)
+    model = semi["tiny"].env.results / semi["name"] / f"{trainer}__nnUNetPlans__3d_fullres"
+    fold = model / "fold_0"
+    assert (fold / "validation" / "summary.json").is_file() and (fold / "progress.png").is_file()
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    weights = ckpt["network_weights"]
+    key = "llmseg" if "LLMSeg" in trainer else "tak_shape"
+    expected = torch.from_numpy(semi["priors"].embeddings[key])
+    for net in ("net_a", "net_b"):
+        buf = weights[f"{net}.text_embeddings"]
+        torch.testing.assert_close(buf[:, : expected.shape[1]], expected)  # persistent text buffers
+    log = ckpt["logging"]
+    assert len(log["unsup_losses"]) == 2 and len(log["confident_fraction"]) == 2
+    assert "unsup_loss" in next(fold.glob("training_log_*.txt")).read_text()
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    cases = ["tiny_000", "tiny_001"]
+    for c in cases:
+        shutil.copy(semi["raw"] / "imagesTr" / f"{c}_0000.nii.gz", inp)
+    for mode in ("both", "a"):
+        out = tmp_path / f"out_{mode}"
+        run_cli(["nnUNetv2_predict", "-i", str(inp), "-o", str(out), "-d", "903", "-c", "3d_fullres", "-f", "0",
+                 "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
+                env=dict(env, NNUNET_LLMSEG_PREDICT_NETWORKS=mode))
+        assert_valid_predictions(out, inp, cases, {0, 1, 2})
+
+
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerLLMSeg_5epochs_10it", "nnUNetTrainerTAK_5epochs_10it"])
+def test_resume_restores_both_networks_optimiser_and_schedule(semi, trainer_name, tmp_path):
+    t1 = build_trainer(trainer_name, semi["name"], semi["pre"])
+    t1.initialize()
+    t1.dataloader_train, t1.dataloader_val = t1.get_dataloaders()
+    t1.on_epoch_start()
+    t1.on_train_epoch_start()
+    outs = [t1.train_step(next(t1.dataloader_train)) for _ in range(2)]
+    t1.on_train_epoch_end(outs)
+    with torch.no_grad():
+        t1.on_validation_epoch_start()
+        t1.on_validation_epoch_end([t1.validation_step(next(t1.dataloader_val))])
+    t1.save_every = 1  # nnU-Net's own periodic checkpoint, written inside on_epoch_end as in a real run
+    t1.on_epoch_end()
+    ckpt = Path(t1.output_folder) / "checkpoint_latest.pth"
+    assert ckpt.is_file()
+    t1.dataloader_train._finish()
+
+    t2 = build_trainer(trainer_name, semi["name"], semi["pre"])
+    t2.load_checkpoint(str(ckpt))
+    assert t2.current_epoch == t1.current_epoch == 1
+    sd1, sd2 = t1.network.state_dict(), t2.network.state_dict()
+    assert sd1.keys() == sd2.keys() and any(k.startswith("net_b.") for k in sd1)
+    for k in sd1:
+        assert torch.equal(sd1[k], sd2[k]), k
+    o1, o2 = t1.optimizer.state_dict(), t2.optimizer.state_dict()
+    assert o1["param_groups"][0]["lr"] == o2["param_groups"][0]["lr"]
+    for pid, st in o1["state"].items():
+        assert torch.equal(st["momentum_buffer"], o2["state"][pid]["momentum_buffer"])
+    assert len(o1["state"]) == sum(1 for p in t1.network.parameters() if p.grad is not None)
+    t2.on_train_epoch_start()
+    t1._iteration_in_epoch = 0
+    t1.current_epoch = t2.current_epoch
+    assert t2.unsup_weight() == t1.unsup_weight()
+    assert t2.logger.get_value("unsup_losses", None) == t1.logger.get_value("unsup_losses", None)
