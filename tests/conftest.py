@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nnunet_llmseg.demo_data import LABELS, make_case, write_nifti
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HIPPOCAMPUS = REPO_ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
 
@@ -42,30 +44,7 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 900) -> sub
     return proc
 
 
-def write_nifti(array: np.ndarray, path: Path, spacing=(1.0, 1.0, 1.0)) -> None:
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(array)
-    img.SetSpacing(tuple(float(s) for s in spacing))
-    sitk.WriteImage(img, str(path))
-
-
-def make_tiny_case(rng: np.random.Generator, shape=(32, 32, 32)) -> tuple[np.ndarray, np.ndarray]:
-    """An image with two adjacent structures of different brightness and its label map."""
-    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    c = np.array(shape) / 2 + rng.integers(-4, 5, size=3)
-    r = rng.integers(5, 8, size=3)
-    ell = ((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2 <= 1
-    seg = np.zeros(shape, dtype=np.uint8)
-    seg[ell] = 1
-    z0, y0, x0 = int(c[0]) - 3, int(c[1]) - 3, int(c[2] + r[2]) + 1
-    box = np.zeros(shape, dtype=bool)
-    box[max(z0, 0):z0 + 6, max(y0, 0):y0 + 6, x0:min(x0 + 5, shape[2])] = True
-    seg[box & ~ell] = 2
-    img = rng.normal(0.0, 0.3, size=shape).astype(np.float32)
-    img[seg == 1] += 2.0
-    img[seg == 2] += 1.0
-    return img, seg
+make_tiny_case = make_case  # the package's synthetic two-structure case (also used by `nnunet-llmseg demo`)
 
 
 @dataclass
@@ -128,7 +107,7 @@ def build_tiny_raw_dataset(raw_root: Path, n_labelled: int = 6, n_unlabelled: in
         write_nifti(img, folder / "imagesUnlabeled" / f"unl_{i:03d}_0000.nii.gz")
     dataset_json = {
         "channel_names": {"0": "MRI"},
-        "labels": {"background": 0, "hippocampus_anterior": 1, "hippocampus_posterior": 2},
+        "labels": LABELS,
         "numTraining": n_labelled,
         "file_ending": ".nii.gz",
         "name": "LLMSegTiny",

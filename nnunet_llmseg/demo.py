@@ -1,0 +1,122 @@
+"""``nnunet-llmseg demo``: the whole path on an embedded default, offline, in a few minutes on a laptop CPU.
+
+1. generate a small synthetic dataset (labelled, unlabelled and held-out test cases) in nnU-Net's raw format
+2. ``nnUNetv2_plan_and_preprocess`` (3d_fullres)
+3. ``python -m prior_generation`` with the offline knowledge base and the offline MiniLM text encoder
+4. ``nnunet-llmseg subset``: keep the labels of a few training cases only
+5. ``nnUNetv2_train`` with ``nnUNetTrainerLLMSeg`` on a short schedule (unlabelled preprocessing happens on first use)
+6. ``nnUNetv2_predict`` on the held-out test images
+7. ``nnunet-llmseg evaluate``: Dice, Jaccard, HD95, ASD - printed as a table
+
+Everything is written under one output folder, named at the start. Each step is a real command run in a
+subprocess with the output folder's own nnU-Net paths, exactly as a user would type it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+DATASET_ID = 990
+DATASET_NAME = "Dataset990_LLMSegDemo"
+
+
+def _bin(name: str) -> list[str]:
+    candidate = Path(sys.executable).parent / name
+    return [str(candidate)] if candidate.exists() else [name]
+
+
+class _Steps:
+    def __init__(self, total: int, log_file: Path) -> None:
+        self.total, self.n, self.t0, self.log_file = total, 0, time.time(), log_file
+
+    def run(self, title: str, cmd: list[str], env: dict) -> None:
+        self.n += 1
+        print(f"[{self.n}/{self.total}] {title}  (t={time.time() - self.t0:.0f}s)", flush=True)
+        print("      $ " + " ".join(Path(cmd[0]).name if i == 0 else c for i, c in enumerate(cmd)), flush=True)
+        with open(self.log_file, "a") as log:
+            log.write(f"\n===== {title}: {' '.join(cmd)}\n")
+            log.flush()
+            proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            tail = self.log_file.read_text().splitlines()[-25:]
+            raise SystemExit(f"step '{title}' failed (exit {proc.returncode}); last lines of {self.log_file}:\n"
+                             + "\n".join(tail))
+
+    def note(self, title: str) -> None:
+        self.n += 1
+        print(f"[{self.n}/{self.total}] {title}  (t={time.time() - self.t0:.0f}s)", flush=True)
+
+
+def run_demo(out: Path, n_labelled_pool: int = 8, n_labels: int = 3, n_unlabelled: int = 4, n_test: int = 3,
+             trainer: str = "nnUNetTrainerLLMSeg_5epochs_10it", encoder: str = "minilm-l6-v2",
+             device: str = "cpu") -> dict:
+    from nnunet_llmseg.demo_data import write_synthetic_dataset
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"nnunet-llmseg demo: everything goes under {out}", flush=True)
+    env = dict(os.environ)
+    env.update(nnUNet_raw=str(out / "nnUNet_raw"), nnUNet_preprocessed=str(out / "nnUNet_preprocessed"),
+               nnUNet_results=str(out / "nnUNet_results"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.setdefault("nnUNet_n_proc_DA", "1")
+    env.setdefault("nnUNet_def_n_proc", "1")
+    env.setdefault("nnUNet_compile", "false")
+    steps = _Steps(7, out / "demo_log.txt")
+    steps.note(f"generating {n_labelled_pool} training, {n_unlabelled} unlabelled and {n_test} test volumes")
+    raw = write_synthetic_dataset(out / "nnUNet_raw", DATASET_NAME, n_labelled_pool, n_unlabelled, n_test)
+    d = str(DATASET_ID)
+    steps.run("planning and preprocessing (nnU-Net)",
+              [*_bin("nnUNetv2_plan_and_preprocess"), "-d", d, "-c", "3d_fullres", "-np", "1"], env)
+    steps.run("writing text priors (offline knowledge base, offline encoder)",
+              [sys.executable, "-m", "prior_generation", "-d", d, "--llm", "offline", "--encoder", encoder,
+               "--no-progress"], env)
+    steps.run(f"keeping the labels of {n_labels} training cases of fold 0",
+              [*_bin("nnunet-llmseg"), "subset", "-d", d, "-f", "0", "--count", str(n_labels), "--seed", "0"], env)
+    steps.run(f"semi-supervised training ({trainer}, {device})",
+              [*_bin("nnUNetv2_train"), d, "3d_fullres", "0", "-tr", trainer, "-device", device], env)
+    pred = out / "predictions"
+    steps.run("predicting the held-out test images",
+              [*_bin("nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", d, "-c", "3d_fullres",
+               "-f", "0", "-tr", trainer, "-device", device, "--disable_tta", "-npp", "1", "-nps", "1"], env)
+    steps.note("evaluating (Dice, Jaccard, HD95, ASD)")
+    from nnunet_llmseg.evaluation.report import evaluate_folders, format_table, write_reports
+
+    labels = {"hippocampus_anterior": 1, "hippocampus_posterior": 2}
+    result = evaluate_folders(raw / "labelsTs", pred, labels=labels, num_processes=1)
+    json_path, csv_path = write_reports(result, out / "evaluation")
+    print(format_table(result))
+    print(f"\nreports: {json_path}, {csv_path}\nmodel: {out / 'nnUNet_results' / DATASET_NAME}\n"
+          f"log of every command: {out / 'demo_log.txt'}")
+    return result
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = args.out or Path.cwd() / f"nnunet_llmseg_demo_{datetime.now():%Y%m%d_%H%M%S}"
+    trainer = f"nnUNetTrainerLLMSeg_{args.epochs}epochs_{args.iters}it"
+    from nnunet_llmseg.trainers.schedules import SHORT_SCHEDULES
+
+    if (args.epochs, args.iters) not in SHORT_SCHEDULES:
+        raise SystemExit(f"--epochs/--iters must be one of the registered short schedules {SHORT_SCHEDULES}")
+    run_demo(out, n_labelled_pool=args.cases, n_labels=args.labels, n_unlabelled=args.unlabelled,
+             n_test=args.test, trainer=trainer, encoder=args.encoder, device=args.device)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="run the whole path offline on a generated dataset and print metrics")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: ./nnunet_llmseg_demo_<time>)")
+    p.add_argument("--cases", type=int, default=8, help="labelled-pool training cases to generate")
+    p.add_argument("--labels", type=int, default=3, help="how many of fold 0's training cases keep labels")
+    p.add_argument("--unlabelled", type=int, default=4)
+    p.add_argument("--test", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--encoder", default="minilm-l6-v2")
+    p.add_argument("-device", "--device", default="cpu", choices=("cpu", "cuda"))
+    p.set_defaults(func=_run)
