@@ -83,6 +83,12 @@ def epoch_seconds(fold_dir: Path) -> float:
     return float(sum(durations) / len(durations))
 
 
+def overall_summary(result: dict) -> dict:
+    """{metric: {"mean", "std"}} over classes, from ``evaluate_folders``' result."""
+    summary = result["summary"]
+    return summary.get("overall", summary.get("mean", summary))
+
+
 def bar_plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -129,13 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("nnUNet_n_proc_DA", "2")
     env.setdefault("nnUNet_def_n_proc", "2")
 
-    from nnunet_llmseg.evaluation.report import evaluate_folders
-
     dataset_json = json.loads((pre / "dataset.json").read_text())
     labels = {k: v for k, v in dataset_json["labels"].items() if k != "background" and k != "ignore"}
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for method in args.methods:
+    runs = {}
+    for method in args.methods:  # train everything first (each run ends with nnU-Net's own validation)
         trainer = names[METHODS[method]]
         fold_dir = Path(env["nnUNet_results"]) / DATASET_NAME / f"{trainer}__{plans}__3d_fullres" / f"fold_{args.fold}"
         if fold_dir.exists() and not (fold_dir / "checkpoint_final.pth").is_file():
@@ -146,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
                    "-device", args.device]
             print("+", " ".join(cmd), flush=True)
             subprocess.run([_bin(cmd[0]), *cmd[1:]], env=env, check=True)
-        wall = time.time() - t0
+        runs[method] = (trainer, fold_dir, time.time() - t0)
+
+    from nnunet_llmseg.evaluation.report import evaluate_folders
+
+    rows = []
+    for method, (trainer, fold_dir, wall) in runs.items():
         val_dir = fold_dir / "validation"
         ref_dir = pre / "gt_segmentations"
         if args.max_val_cases:
@@ -160,11 +169,10 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.copy(src / name, d / name)
             ref_dir, val_dir = sub_ref, sub_pred
         result = evaluate_folders(ref_dir, val_dir, labels=labels, num_processes=2)
-        rows.append({"method": method, "trainer": trainer, "summary": result["summary"]["overall"]
-                     if "overall" in result["summary"] else result["summary"],
+        rows.append({"method": method, "trainer": trainer, "summary": overall_summary(result),
                      "per_class": result["summary"], "epoch_seconds": epoch_seconds(fold_dir),
-                     "wall_seconds": wall, "n_cases": len(result.get("cases", result.get("per_case", [])))})
-        print(json.dumps(rows[-1]["summary"], indent=1), flush=True)
+                     "wall_seconds": wall})
+        print(method, json.dumps(rows[-1]["summary"]), flush=True)
 
     base = next((r["epoch_seconds"] for r in rows if r["method"] == "labelled_only"), rows[0]["epoch_seconds"])
     device = args.device if args.device == "cpu" else "cuda"
