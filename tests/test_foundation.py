@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import run_cli
 
+from conftest import run_cli
 from nnunet_llmseg._nnunet_env_hook import shim_folder
 
 FIND_TRAINER = (

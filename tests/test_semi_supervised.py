@@ -10,6 +10,7 @@ import blosc2
 import numpy as np
 import pytest
 import torch
+from test_foundation import assert_valid_predictions
 
 from conftest import run_cli
 from nnunet_llmseg.data.labelled_subset import SubsetError, create_labelled_subset, load_labelled_subset
@@ -21,7 +22,6 @@ from nnunet_llmseg.data.unlabeled_preprocessing import (
 )
 from prior_generation.dataset_info import labels_from_dataset_json
 from prior_generation.priors_file import PriorsError, TextPriors, load_priors, make_priors, save_priors
-from test_foundation import assert_valid_predictions
 
 
 def copy_dataset(tiny, new_id: int, suffix: str, with_unlabelled: bool = True) -> tuple[str, Path, Path]:
@@ -94,7 +94,7 @@ def test_subset_is_reproducible_and_excludes_validation(semi):
 def test_subset_errors_name_the_problem(semi):
     with pytest.raises(SubsetError, match="empty"):
         create_labelled_subset(903, 1, count=0)
-    with pytest.raises(SubsetError, match="not training cases.*nope"):
+    with pytest.raises(SubsetError, match=r"not training cases.*nope"):
         create_labelled_subset(903, 1, cases=["nope"])
     val = json.loads((semi["pre"] / "splits_final.json").read_text())[1]["val"]
     with pytest.raises(SubsetError, match="validation cases"):
@@ -111,7 +111,7 @@ def test_subset_cli(semi):
 # ---- unlabelled preprocessing and loading ----------------------------------------------------------------------
 
 def test_unlabelled_preprocessing_matches_nnunet_bit_for_bit(tiny_dataset):
-    name, raw, pre = copy_dataset(tiny_dataset, 904, "LLMSegBits")
+    _name, raw, pre = copy_dataset(tiny_dataset, 904, "LLMSegBits")
     src = raw / "imagesTr" / "tiny_000_0000.nii.gz"
     shutil.copy(src, raw / "imagesUnlabeled" / "copyoftiny000_0000.nii.gz")
     out = preprocess_unlabeled(904, "3d_fullres")
@@ -130,12 +130,12 @@ def test_unlabelled_preprocessing_matches_nnunet_bit_for_bit(tiny_dataset):
 
 
 def test_corrupt_unlabelled_image_names_the_file_and_leaves_nothing_half_written(tiny_dataset):
-    name, raw, pre = copy_dataset(tiny_dataset, 905, "LLMSegCorrupt")
+    _name, raw, pre = copy_dataset(tiny_dataset, 905, "LLMSegCorrupt")
     good = preprocess_unlabeled(905, "3d_fullres")
     before = sorted(p.name for p in good.iterdir())
     bad = raw / "imagesUnlabeled" / "broken_0000.nii.gz"
     bad.write_bytes((raw / "imagesUnlabeled" / "unl_000_0000.nii.gz").read_bytes()[:200])
-    with pytest.raises(UnlabeledImageError, match="broken_0000.nii.gz"):
+    with pytest.raises(UnlabeledImageError, match=r"broken_0000.nii.gz"):
         preprocess_unlabeled(905, "3d_fullres")
     assert sorted(p.name for p in good.iterdir()) == before, "the previous complete folder is kept"
     assert not [p for p in pre.iterdir() if ".tmp-" in p.name], "no temporary folder left behind"
@@ -159,7 +159,7 @@ def test_loader_batches_and_labels_of_unlabelled_cases_are_never_read(semi):
         saved[seg] = seg.read_bytes()
         seg.write_bytes(b"corrupt")
     try:
-        train_loader, val_loader = trainer.get_dataloaders()
+        train_loader, _val_loader = trainer.get_dataloaders()
         assert sorted(trainer.unlabeled_train_keys) == semi["subset"]["unlabelled"]
         for _ in range(3):
             batch = next(train_loader)
@@ -194,7 +194,7 @@ def test_unlabelled_augmentation_changes_crops(semi):
 
 
 def test_semi_supervised_trainer_refuses_to_start_without_unlabelled_data(tiny_dataset):
-    name, raw, pre = copy_dataset(tiny_dataset, 906, "LLMSegNoUnl", with_unlabelled=False)
+    name, _raw, pre = copy_dataset(tiny_dataset, 906, "LLMSegNoUnl", with_unlabelled=False)
     from nnunet_llmseg.trainers import nnUNetTrainerLLMSeg_noText
 
     trainer = build_trainer("", name, pre, trainer_cls=nnUNetTrainerLLMSeg_noText)
@@ -214,15 +214,15 @@ def test_labelled_only_baseline_trains_on_the_subset_only(semi):
 # ---- priors ---------------------------------------------------------------------------------------------------
 
 def test_trainers_refuse_missing_or_mismatched_priors(tiny_dataset, semi):
-    name, raw, pre = copy_dataset(tiny_dataset, 907, "LLMSegPriors")
-    with pytest.raises(PriorsError, match="No text priors.*prior_generation -d Dataset907"):
+    name, _raw, pre = copy_dataset(tiny_dataset, 907, "LLMSegPriors")
+    with pytest.raises(PriorsError, match=r"No text priors.*prior_generation -d Dataset907"):
         build_trainer("nnUNetTrainerLLMSeg", name, pre)
     dj = json.loads((pre / "dataset.json").read_text())
     write_test_priors(pre, dj, drop="hippocampus_posterior")
-    with pytest.raises(PriorsError, match="missing from the priors: hippocampus_posterior.*prior_generation"):
+    with pytest.raises(PriorsError, match=r"missing from the priors: hippocampus_posterior.*prior_generation"):
         build_trainer("nnUNetTrainerTAK", name, pre)
     renamed = dict(dj, labels={"background": 0, "hippocampus_anterior": 1, "tail": 2})
-    with pytest.raises(PriorsError, match="do not match dataset.json labels"):
+    with pytest.raises(PriorsError, match=r"do not match dataset.json labels"):
         build_trainer("nnUNetTrainerLLMSeg", semi["name"], semi["pre"], dataset_json=renamed)
 
 
