@@ -107,16 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {per_round[n][-1]:.3f} s/it" for n in names),
               flush=True)
 
-    base = statistics.median(per_round[args.baseline])
     b0 = batches[args.baseline][0]
     rows = []
     for name in names:
         med = statistics.median(per_round[name])
+        # ratio per round (trainers of one round ran back to back under the same load), then the median
+        ratios = [t / b for t, b in zip(per_round[name], per_round[args.baseline])]
         batch = batches[name][0]
         n_l = int(batch["data"].shape[0])
         n_u = int(batch["data_u"].shape[0]) if "data_u" in batch else 0
-        rows.append({"trainer": name, "seconds_per_iteration": med, "ratio_to_baseline": med / base,
-                     "labelled_batch": n_l, "unlabelled_batch": n_u, "rounds": per_round[name]})
+        rows.append({"trainer": name, "seconds_per_iteration": med, "ratio_to_baseline": statistics.median(ratios),
+                     "ratio_per_round": ratios, "labelled_batch": n_l, "unlabelled_batch": n_u,
+                     "rounds": per_round[name]})
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
@@ -126,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         "iters_per_round": args.iters, "rounds": args.rounds, "results": rows,
     }
     print()
-    print(f"| trainer | s/iteration | ratio to {args.baseline} | batch (labelled + unlabelled) |")
-    print("|---|---|---|---|")
+    print(f"| trainer | s/iteration (median) | ratio to {args.baseline} (median of rounds) | per round | batch |")
+    print("|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['trainer']} | {row['seconds_per_iteration']:.3f} | {row['ratio_to_baseline']:.2f}x | "
+        per = ", ".join(f"{r:.2f}" for r in row["ratio_per_round"])
+        print(f"| {row['trainer']} | {row['seconds_per_iteration']:.3f} | {row['ratio_to_baseline']:.2f}x | {per} | "
               f"{row['labelled_batch']} + {row['unlabelled_batch']} |")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,161 +1,391 @@
 """Class-imbalance-aware losses for TAK, selectable by name (:func:`build_class_balance`).
 
-Each module has ``update(probs, labels)`` (statistics from the labelled batch, no gradient), ``weights()`` (the
-per-class weights, logged every epoch) and ``forward(logits, labels) -> loss``. Statistics are buffers, so they
-are checkpointed and a resumed run continues with them.
+Every module returned by :func:`build_class_balance` has the same interface, so a trainer can switch by
+name:
 
-- ``dhc_dist`` - DHC's distribution-aware weights (Wang & Li, "DHC: Dual-debiased Heterogeneous Co-training",
-  MICCAI 2023, DistDW, Eq. 3): ``w_k = log(f_max / f_k) + 1`` from an EMA of the class frequencies ``f_k``, so rarer
-  classes weigh more; used in a weighted cross-entropy.
-- ``dhc_diff`` - DHC's difficulty-aware weights (DiffDW, Eq. 4-6): per-class learning difficulty from the EMA
-  of the Dice ``d_k`` and its recent change; ``w_k = (1 - d_k)^alpha`` grows for classes that are still poorly
-  segmented (alpha = 1 here); in a weighted cross-entropy.
-- ``galoss`` - GALoss-style hard-voxel loss: per class, the top-``ratio`` hardest voxels (highest CE), averaged
-  per class and then over classes, so every present class contributes equally whatever its size.
-- ``none`` - no extra term (returns 0).
+- ``update(probs, labels)`` - statistics from a labelled batch (no gradient; ``probs`` = softmax
+  ``(B, K, ...)``, ``labels`` = ``(B, ...)`` integers, ``-1`` ignored);
+- ``weights() -> (K,)`` - the current per-class weights (mean 1), for the loss and for the training log;
+- ``forward(logits, labels, ignore_index=-1) -> scalar`` - the balanced loss.
+
+Statistics are registered buffers, so they are saved in ``state_dict`` and a resumed run continues with
+them.
+
+Names:
+
+- ``dhc`` - DHC (Wang & Li, "Towards Realistic Long-tailed Semi-supervised Learning in Medical Image
+  Segmentation: Dual-debiased Heterogeneous Co-training", MICCAI 2023):
+  :class:`DistributionDifficultyWeights` (``mode="dist"`` DistDW, ``"diff"`` DiffDW, ``"both"`` their
+  product) feeding :class:`WeightedCEDiceLoss`. ``dhc_dist`` / ``dhc_diff`` are shorthands for ``dhc`` with
+  ``mode="dist"`` / ``"diff"`` (DHC's heterogeneous pair trains one network with each).
+- ``galoss`` - :class:`GALossStyleHardVoxelLoss`: the hardest voxels of every class, normalised per class so
+  that every present class contributes equally (after GALoss's GACE).
+- ``none`` - :class:`NoClassBalance`, a zero loss (the ablation).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class _Balance(nn.Module):
+def _flat_labels(labels: Tensor, logits_or_probs: Tensor) -> Tensor:
+    """``(B, *spatial)`` long labels; nnU-Net's ``(B, 1, *spatial)`` targets are accepted too."""
+    if labels.dim() == logits_or_probs.dim():
+        if labels.shape[1] != 1:
+            raise ValueError(f"labels must be (B, *spatial) or (B, 1, *spatial), got {tuple(labels.shape)}")
+        labels = labels[:, 0]
+    if labels.shape != logits_or_probs.shape[:1] + logits_or_probs.shape[2:]:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} do not match predictions {tuple(logits_or_probs.shape)}"
+        )
+    return labels.long()
+
+
+def _normalise_mean_one(w: Tensor) -> Tensor:
+    mean = w.mean()
+    return w / mean if float(mean) > 0 else torch.ones_like(w)
+
+
+class DistributionDifficultyWeights(nn.Module):
+    """DHC's distribution-aware (DistDW) and difficulty-aware (DiffDW) class weights, as EMAs in buffers.
+
+    **Distribution-aware** (DHC's DistDW): with ``f_k`` the EMA (``momentum``) of class ``k``'s voxel
+    frequency in the labels,
+
+        w_dist_k = log(f_max / f_k) / max_j log(f_max / f_j),
+
+    so the rarest class gets 1 and the most frequent 0; a floor ``dist_floor`` is added
+    (``w = dist_floor + (1 - dist_floor) * w``) so the most frequent class (usually background) keeps some
+    weight - with exactly 0 its voxels would stop producing a cross-entropy gradient.
+
+    **Difficulty-aware** (DHC's DiffDW): from the hard (argmax) Dice ``d_k`` of each labelled batch and the
+    previous one ``d'_k`` (per class, only batches where the class is present count):
+
+        learn_k   <- EMA( [d_k > d'_k]  (d_k - d'_k) log(d_k / d'_k) )     (improving)
+        unlearn_k <- EMA( [d_k <= d'_k] (d_k - d'_k) log(d_k / d'_k) )     (stagnating / forgetting)
+        u_k       <- EMA( 1 - d_k )
+        w_diff_k  =  ((unlearn_k + eps) / (learn_k + eps)) ** difficulty_power * u_k
+
+    with EMA momentum ``difficulty_momentum`` (DHC: (50-1)/50 = 0.98) and power 1/5. Classes not yet seen
+    count as hard (``u_k = 1``). The first batch only initialises ``d'`` and ``u`` (DHC starts ``d'`` at 1e-8,
+    which makes the first ``learn`` step a spike of ``log(d/1e-8)``).
+
+    ``mode``: ``"dist"``, ``"diff"`` or ``"both"`` (``w_dist * w_diff``). ``weights()`` is normalised to
+    mean 1 (DHC scales to max ``K``; mean 1 keeps the loss on the unweighted scale).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        momentum: float = 0.99,
+        mode: str = "both",
+        difficulty_momentum: float = 0.98,
+        difficulty_power: float = 0.2,
+        dist_floor: float = 0.1,
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        if mode not in ("dist", "diff", "both"):
+            raise ValueError(
+                f"DistributionDifficultyWeights mode must be 'dist', 'diff' or 'both', got {mode!r}"
+            )
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.momentum = momentum
+        self.mode = mode
+        self.difficulty_momentum = difficulty_momentum
+        self.difficulty_power = difficulty_power
+        self.dist_floor = dist_floor
+        self.eps = eps
+        k = num_classes
+        self.register_buffer("frequency", torch.full((k,), 1.0 / k))
+        self.register_buffer("last_dice", torch.zeros(k))
+        self.register_buffer("learn", torch.zeros(k))
+        self.register_buffer("unlearn", torch.zeros(k))
+        self.register_buffer("one_minus_dice", torch.ones(k))
+        self.register_buffer("seen", torch.zeros(k, dtype=torch.bool))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, probs: Tensor, labels: Tensor, update_difficulty: bool = True) -> None:
+        """Fold one labelled batch into the statistics.
+
+        ``update_difficulty=False`` updates only the frequencies - for DHC's variant that counts the argmax
+        pseudo-labels of unlabelled data (pass ``probs.argmax(1)`` as ``labels``).
+        """
+        k = self.num_classes
+        if probs.shape[1] != k:
+            raise ValueError(f"probs have {probs.shape[1]} channels, expected num_classes={k}")
+        lab = _flat_labels(labels, probs).reshape(-1)
+        valid = (lab >= 0) & (lab < k)
+        lab_v = lab[valid]
+        if lab_v.numel() == 0:
+            return
+        dev = self.frequency.device
+        counts = torch.bincount(lab_v, minlength=k)[:k].to(dev).float()
+        freq = counts / counts.sum()
+        if int(self.num_updates) == 0:
+            self.frequency.copy_(freq)
+        else:
+            self.frequency.mul_(self.momentum).add_(freq, alpha=1 - self.momentum)
+        self.num_updates.add_(1)
+        if not update_difficulty:
+            return
+        pred = probs.argmax(1).reshape(-1)[valid]
+        inter = torch.bincount(lab_v[pred == lab_v], minlength=k)[:k].to(dev).float()
+        pred_counts = torch.bincount(pred, minlength=k)[:k].to(dev).float()
+        dice = 2 * inter / (counts + pred_counts).clamp_min(1)
+        present = counts > 0
+        step = present & self.seen
+        m = self.difficulty_momentum
+        ratio = torch.log((dice + self.eps) / (self.last_dice + self.eps))
+        delta = dice - self.last_dice
+        zero = torch.zeros_like(delta)
+        cur_learn = torch.where(delta > 0, delta * ratio, zero)
+        cur_unlearn = torch.where(delta <= 0, delta * ratio, zero)
+        self.learn.copy_(torch.where(step, m * self.learn + (1 - m) * cur_learn, self.learn))
+        self.unlearn.copy_(torch.where(step, m * self.unlearn + (1 - m) * cur_unlearn, self.unlearn))
+        first = present & ~self.seen
+        ema_u = m * self.one_minus_dice + (1 - m) * (1 - dice)
+        self.one_minus_dice.copy_(torch.where(first, 1 - dice, torch.where(step, ema_u, self.one_minus_dice)))
+        self.last_dice.copy_(torch.where(present, dice, self.last_dice))
+        self.seen.logical_or_(present)
+
+    def distribution_weights(self) -> Tensor:
+        """DistDW, in ``[dist_floor, 1]`` before normalisation (all ones while frequencies are equal)."""
+        f = self.frequency.clamp_min(self.eps)
+        log_ratio = torch.log(f.max() / f)
+        top = log_ratio.max()
+        if float(top) <= 0:
+            return torch.ones_like(f)
+        return self.dist_floor + (1 - self.dist_floor) * log_ratio / top
+
+    def difficulty_weights(self) -> Tensor:
+        """DiffDW before normalisation."""
+        ratio = (self.unlearn + self.eps) / (self.learn + self.eps)
+        return ratio.pow(self.difficulty_power) * self.one_minus_dice
+
+    def weights(self) -> Tensor:
+        """Current ``(K,)`` class weights, mean 1, detached (safe to log and to pass to a loss)."""
+        if self.mode == "dist":
+            w = self.distribution_weights()
+        elif self.mode == "diff":
+            w = self.difficulty_weights()
+        else:
+            w = self.distribution_weights() * self.difficulty_weights()
+        return _normalise_mean_one(w.clamp_min(0)).detach().clone()
+
+
+class WeightedCEDiceLoss(nn.Module):
+    """Cross-entropy + soft Dice with per-class weights given at call time (DHC's ``w_ce+dice``).
+
+        L_CE   = sum_v w_{y_v} CE_v / sum_v w_{y_v}                  (weighted mean, as torch's weighted CE)
+        L_Dice = sum_k w_k (1 - Dice_k) / sum_k w_k
+        Dice_k = (2 sum_v p_kv g_kv + s) / (sum_v p_kv + sum_v g_kv + s)
+        L      = ce_weight * L_CE + dice_weight * L_Dice
+
+    Soft Dice is summed over the whole batch when ``batch_dice`` (nnU-Net's default for 3D), else computed per
+    sample and averaged.
+
+    Voxels labelled ``ignore_index`` count in neither term. ``class_weights=None`` means all ones.
+    ``dice_weight=0`` gives DHC's weighted CE alone (what DHC uses for the cross pseudo-labels).
+    """
+
+    def __init__(
+        self,
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        smooth: float = 1e-5,
+        batch_dice: bool = True,
+        ignore_index: int = -1,
+    ) -> None:
+        super().__init__()
+        self.ce_weight = ce_weight
+        self.dice_weight = dice_weight
+        self.smooth = smooth
+        self.batch_dice = batch_dice
+        self.ignore_index = ignore_index
+
+    def forward(
+        self,
+        logits: Tensor,
+        labels: Tensor,
+        class_weights: Tensor | None = None,
+        ignore_index: int | None = None,
+    ) -> Tensor:
+        k = logits.shape[1]
+        lab = _flat_labels(labels, logits)
+        ignore = self.ignore_index if ignore_index is None else ignore_index
+        valid = (lab != ignore) & (lab >= 0) & (lab < k)
+        safe = torch.where(valid, lab, torch.zeros_like(lab))
+        x = logits.float()
+        w = torch.ones(k, device=x.device) if class_weights is None else class_weights.to(x.device).float()
+        if w.shape != (k,):
+            raise ValueError(f"class_weights must have shape ({k},), got {tuple(w.shape)}")
+        zero = x.new_zeros(())
+        loss = zero
+        if self.ce_weight:
+            ce = F.cross_entropy(x, safe, reduction="none")
+            w_v = torch.where(valid, w[safe], zero)
+            loss = loss + self.ce_weight * (w_v * ce).sum() / w_v.sum().clamp_min(1e-8)
+        if self.dice_weight:
+            p = torch.softmax(x, dim=1) * valid[:, None]
+            g = F.one_hot(safe, k).movedim(-1, 1).to(p.dtype) * valid[:, None]
+            dims = (0, *range(2, p.dim())) if self.batch_dice else tuple(range(2, p.dim()))
+            inter = (p * g).sum(dims)
+            dice = (2 * inter + self.smooth) / (p.sum(dims) + g.sum(dims) + self.smooth)
+            per_class = (1 - dice) if self.batch_dice else (1 - dice).mean(0)
+            loss = loss + self.dice_weight * (w * per_class).sum() / w.sum().clamp_min(1e-8)
+        return loss
+
+
+class _StatelessBalance(nn.Module):
+    """Shared no-op ``update`` and uniform ``weights`` for the losses that keep no statistics."""
+
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.num_classes = num_classes
 
-    def update(self, probs: Tensor, labels: Tensor) -> None:
-        pass
+    def update(self, probs: Tensor, labels: Tensor, update_difficulty: bool = True) -> None:
+        """Nothing to track (kept so every class-balance module has the same interface)."""
 
     def weights(self) -> Tensor:
         return torch.ones(self.num_classes)
 
 
-class NoBalance(_Balance):
-    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return logits.sum() * 0.0
+class GALossStyleHardVoxelLoss(_StatelessBalance):
+    """Hard-voxel cross-entropy with per-class normalisation, after GALoss (GACE + GADice).
 
+    For every class ``k`` present in the batch keep its ``n'_k = ceil(topk_ratio * n_k)`` voxels ``H_k`` with
+    the highest cross-entropy (per class, unlike GACE's global top-k, so small classes always keep their hard
+    voxels), then, with ``P`` the present classes and ``nbar = mean_{k in P} n'_k``,
 
-def _weighted_ce(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
-    labels = labels.long()
-    valid = labels >= 0
-    ce = F.cross_entropy(logits.float(), labels.clamp_min(0), reduction="none")
-    w = weights.to(logits.device)[labels.clamp_min(0)]
-    return (ce * w * valid).sum() / (w * valid).sum().clamp_min(1e-6)
+        L = 1/|P| * sum_{k in P} sum_{v in H_k} CE_v / ( n'_k^(1 - gamma) * nbar^gamma )
 
+    With ``gamma = 0`` (default) this is the mean over present classes of each class's mean hard-voxel CE:
+    every class contributes equally whatever its size. ``gamma = 1`` is the plain mean over the kept voxels;
+    in between interpolates as GACE's ``gama`` does (GACE: ``n'_k^(1-gamma) * N'^gamma``, summed over
+    classes; here divided by ``|P|`` as well so the scale matches an ordinary CE). Optional
+    ``absent_class_weight`` adds GADice's term
+    for classes absent from the batch's labels: ``1/K * sum_{k absent} mean_v p_kv^2`` over the valid voxels
+    (predicting an absent class is penalised in proportion to how much of it is predicted; GADice's
+    ``sum_v beta_v p_kv`` with the detached ``beta_v = p_kv / N``, divided by ``K`` like GADice).
+    """
 
-class DistributionAwareWeights(_Balance):
-    """DHC DistDW: rarer classes (EMA of voxel frequency) get larger weights."""
-
-    def __init__(self, num_classes: int, momentum: float = 0.99) -> None:
+    def __init__(
+        self, num_classes: int, topk_ratio: float = 0.3, gamma: float = 0.0, absent_class_weight: float = 0.0
+    ) -> None:
         super().__init__(num_classes)
-        self.momentum = momentum
-        self.register_buffer("frequency", torch.full((num_classes,), 1.0 / num_classes))
-        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
-
-    @torch.no_grad()
-    def update(self, probs: Tensor, labels: Tensor) -> None:
-        lab = labels.long().reshape(-1)
-        lab = lab[lab >= 0]
-        freq = torch.bincount(lab, minlength=self.num_classes).float()[: self.num_classes]
-        freq = freq / freq.sum().clamp_min(1)
-        if not bool(self.initialised):
-            self.frequency.copy_(freq.to(self.frequency))
-            self.initialised.fill_(True)
-        else:
-            self.frequency.mul_(self.momentum).add_((1 - self.momentum) * freq.to(self.frequency))
-
-    def weights(self) -> Tensor:
-        f = self.frequency.clamp_min(1e-6)
-        w = torch.log(f.max() / f) + 1.0
-        return w / w.mean()
-
-    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return _weighted_ce(logits, labels, self.weights())
-
-
-class DifficultyAwareWeights(_Balance):
-    """DHC DiffDW: classes with low (EMA) Dice get larger weights."""
-
-    def __init__(self, num_classes: int, momentum: float = 0.99, alpha: float = 1.0) -> None:
-        super().__init__(num_classes)
-        self.momentum = momentum
-        self.alpha = alpha
-        self.register_buffer("dice", torch.zeros(num_classes))
-        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
-
-    @torch.no_grad()
-    def update(self, probs: Tensor, labels: Tensor) -> None:
-        k = self.num_classes
-        lab = labels.long()
-        valid = (lab >= 0)[:, None]
-        onehot = F.one_hot(lab.clamp_min(0), k).movedim(-1, 1).float() * valid
-        p = probs.float() * valid
-        dims = (0, *range(2, p.dim()))
-        inter = (p * onehot).sum(dims)
-        denom = p.sum(dims) + onehot.sum(dims)
-        present = onehot.sum(dims) > 0
-        dice = torch.where(present, 2 * inter / denom.clamp_min(1e-6), self.dice)
-        if not bool(self.initialised):
-            self.dice.copy_(dice)
-            self.initialised.fill_(True)
-        else:
-            self.dice.mul_(self.momentum).add_((1 - self.momentum) * dice)
-
-    def weights(self) -> Tensor:
-        w = (1.0 - self.dice).clamp_min(1e-3) ** self.alpha
-        return w / w.mean()
-
-    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return _weighted_ce(logits, labels, self.weights())
-
-
-class HardVoxelClassBalancedLoss(_Balance):
-    """GALoss-style: per class, mean CE of its hardest ``topk_ratio`` voxels; then the mean over present classes."""
-
-    def __init__(self, num_classes: int, topk_ratio: float = 0.3) -> None:
-        super().__init__(num_classes)
+        if not 0.0 < topk_ratio <= 1.0:
+            raise ValueError(f"topk_ratio must lie in (0, 1], got {topk_ratio}")
         self.topk_ratio = topk_ratio
+        self.gamma = gamma
+        self.absent_class_weight = absent_class_weight
 
-    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        lab = labels.long().reshape(-1)
-        ce = F.cross_entropy(logits.float(), labels.long().clamp_min(0), reduction="none").reshape(-1)
-        valid = lab >= 0
-        lab, ce = lab[valid], ce[valid]
-        if lab.numel() == 0:
-            return logits.sum() * 0.0
-        # sort by (class, -ce): each class's hardest voxels first, one sort for all classes
-        order = torch.argsort(lab.float() * (ce.max().detach() + 1) * 2 - ce.detach())
-        lab_s, ce_s = lab[order], ce[order]
-        counts = torch.bincount(lab_s, minlength=self.num_classes)
-        keep_n = torch.clamp((counts.float() * self.topk_ratio).ceil().long(), min=1) * (counts > 0)
+    def forward(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
+        k = logits.shape[1]
+        lab = _flat_labels(labels, logits)
+        valid = (lab != ignore_index) & (lab >= 0) & (lab < k)
+        x = logits.float()
+        ce = F.cross_entropy(x, torch.where(valid, lab, torch.zeros_like(lab)), reduction="none").reshape(-1)
+        flat_valid = valid.reshape(-1)
+        lab_v, ce_v = lab.reshape(-1)[flat_valid], ce[flat_valid]
+        if lab_v.numel() == 0:
+            return x.sum() * 0.0
+        # each class's voxels contiguous, hardest first: sort by CE (descending), then stably by class
+        by_ce = torch.argsort(ce_v.detach(), descending=True)
+        order = by_ce[torch.sort(lab_v[by_ce], stable=True).indices]
+        lab_s, ce_s = lab_v[order], ce_v[order]
+        counts = torch.bincount(lab_s, minlength=k)[:k]
+        present = counts > 0
+        keep_n = torch.where(present, (counts.float() * self.topk_ratio).ceil().clamp_min(1), 0.0)
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(lab_s.numel(), device=lab_s.device) - starts[lab_s]
         keep = rank < keep_n[lab_s]
-        per_class = torch.zeros(self.num_classes, device=ce.device).index_add(0, lab_s[keep], ce_s[keep])
-        present = counts > 0
-        return (per_class[present] / keep_n[present].float()).mean()
+        per_class = torch.zeros(k, device=x.device, dtype=ce_s.dtype).index_add(0, lab_s[keep], ce_s[keep])
+        n_keep = keep_n[present]
+        nbar = n_keep.mean()
+        norm = n_keep.pow(1 - self.gamma) * nbar.pow(self.gamma)
+        loss = (per_class[present] / norm).sum() / present.sum()
+        if self.absent_class_weight and bool((~present).any()):
+            p = torch.softmax(x, dim=1).movedim(1, -1).reshape(-1, k)[flat_valid]
+            absent_term = p[:, ~present].pow(2).mean(0).sum() / k
+            loss = loss + self.absent_class_weight * absent_term
+        return loss
 
 
-def build_class_balance(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """The class-balance module by name: ``dhc_dist``, ``dhc_diff``, ``galoss`` or ``none``."""
-    registry = {"dhc_dist": DistributionAwareWeights, "dhc_diff": DifficultyAwareWeights,
-                "galoss": HardVoxelClassBalancedLoss, "none": NoBalance}
-    if name not in registry:
-        raise ValueError(f"unknown class balance '{name}'; choose one of {sorted(registry)}")
-    return registry[name](num_classes, **kwargs)
+class ClassBalancedCEDice(nn.Module):
+    """DHC as one module: :class:`DistributionDifficultyWeights` statistics + :class:`WeightedCEDiceLoss`."""
+
+    def __init__(
+        self, num_classes: int, weighter: DistributionDifficultyWeights, loss: WeightedCEDiceLoss
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.weighter = weighter
+        self.loss = loss
+
+    def update(self, probs: Tensor, labels: Tensor, update_difficulty: bool = True) -> None:
+        self.weighter.update(probs, labels, update_difficulty=update_difficulty)
+
+    def weights(self) -> Tensor:
+        return self.weighter.weights()
+
+    def forward(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
+        return self.loss(logits, labels, self.weights().to(logits.device), ignore_index=ignore_index)
+
+
+class NoClassBalance(_StatelessBalance):
+    """The ``none`` ablation: a zero loss that keeps the graph (so ``backward`` works unchanged)."""
+
+    def forward(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
+        return logits.float().sum() * 0.0
+
+
+_WEIGHT_KW = ("momentum", "mode", "difficulty_momentum", "difficulty_power", "dist_floor", "eps")
+_LOSS_KW = ("ce_weight", "dice_weight", "smooth", "batch_dice")
+
+
+def build_class_balance(name: str, num_classes: int, **kw) -> nn.Module:
+    """The class-balance module by name: ``dhc`` (``mode`` = ``both`` | ``dist`` | ``diff``), ``dhc_dist``,
+    ``dhc_diff``, ``galoss`` or ``none``. Keyword arguments go to the matching constructor(s)."""
+    key = name.strip().lower()
+    if key in ("dhc_dist", "dhc_diff"):
+        if "mode" in kw:
+            raise ValueError(f"class balance '{name}' fixes the mode; use 'dhc' with mode=... instead")
+        kw = {**kw, "mode": key.split("_")[1]}
+        key = "dhc"
+    if key == "dhc":
+        unknown = set(kw) - set(_WEIGHT_KW) - set(_LOSS_KW)
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {sorted(unknown)} for class balance 'dhc'; "
+                f"allowed: {sorted(_WEIGHT_KW + _LOSS_KW)}"
+            )
+        weighter = DistributionDifficultyWeights(
+            num_classes, **{a: v for a, v in kw.items() if a in _WEIGHT_KW}
+        )
+        loss = WeightedCEDiceLoss(**{a: v for a, v in kw.items() if a in _LOSS_KW})
+        return ClassBalancedCEDice(num_classes, weighter, loss)
+    if key == "galoss":
+        return GALossStyleHardVoxelLoss(num_classes, **kw)
+    if key == "none":
+        if kw:
+            raise ValueError(f"class balance 'none' takes no options, got {sorted(kw)}")
+        return NoClassBalance(num_classes)
+    raise ValueError(
+        f"unknown class balance {name!r}; choose one of 'dhc', 'dhc_dist', 'dhc_diff', 'galoss', 'none'"
+    )
 
 
 __all__ = [
-    "DifficultyAwareWeights",
-    "DistributionAwareWeights",
-    "HardVoxelClassBalancedLoss",
-    "NoBalance",
+    "ClassBalancedCEDice",
+    "DistributionDifficultyWeights",
+    "GALossStyleHardVoxelLoss",
+    "NoClassBalance",
+    "WeightedCEDiceLoss",
     "build_class_balance",
-    "math",
 ]

@@ -1,6 +1,12 @@
 """Cross pseudo-supervision (Chen et al., "Semi-Supervised Semantic Segmentation with Cross Pseudo
-Supervision", CVPR 2021, Eq. 3): cross-entropy of the student against the peer's one-hot (argmax) prediction.
-Used by the ``_noUSL`` ablation and the plain co-training trainer."""
+Supervision", CVPR 2021, Eq. 3): cross-entropy of the student against the peer's one-hot (argmax) prediction,
+
+    L_cps = 1/N * sum_v -log p_s[y_v, v],   y_v = argmax_k p_t[k, v],
+
+over all voxels (or those in ``mask``). Used by the ``_noUSL`` ablation and the plain co-training trainer.
+It logs the same ``confident_fraction`` as USL (share of voxels whose peer max-probability is >= 0.65) so
+the two runs' logs compare directly.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +14,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nnunet_llmseg.losses.usl import _voxel_mask
+
 
 class CrossPseudoSupervisionLoss(nn.Module):
-    """Plain CE against the peer's hard labels; logs the same confident share as USL for comparability."""
+    """Plain CE against the peer's hard labels; ``forward(...) -> (loss, {"confident_fraction", "ce"})``."""
 
     def __init__(self, log_tau: float = 0.65) -> None:
         super().__init__()
         self.log_tau = log_tau
 
-    def forward(self, student_logits: Tensor, peer_logits: Tensor, mask: Tensor | None = None) -> tuple[Tensor, dict]:
+    def forward(
+        self, student_logits: Tensor, peer_logits: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, dict]:
+        if student_logits.shape != peer_logits.shape:
+            raise ValueError(
+                f"student {tuple(student_logits.shape)} and peer {tuple(peer_logits.shape)} logits "
+                "must have the same shape"
+            )
         with torch.no_grad():
             p_t = torch.softmax(peer_logits.detach().float(), dim=1)
             conf, hard = p_t.max(dim=1)
-            valid = torch.ones_like(conf, dtype=torch.bool) if mask is None else mask[:, 0].bool()
+            valid = _voxel_mask(mask, conf)
             n = valid.sum().clamp_min(1).float()
         ce = F.cross_entropy(student_logits.float(), hard, reduction="none")
-        loss = (ce * valid).sum() / n
-        return loss, {"confident_fraction": (((conf >= self.log_tau) & valid).sum().float() / n).detach()}
+        loss = torch.where(valid, ce, ce.new_zeros(())).sum() / n
+        stats = {
+            "confident_fraction": (((conf >= self.log_tau) & valid).sum().float() / n).detach(),
+            "ce": loss.detach(),
+        }
+        return loss, stats

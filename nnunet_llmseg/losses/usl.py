@@ -1,16 +1,25 @@
 """The Unified Segmentation Loss (USL) of LLM-SegNet.
 
-Kumari et al., "Leveraging Task-Specific Knowledge from LLM for Semi-Supervised 3D Medical Image Segmentation",
-Sec. 3 (USL): on unlabelled voxels the student is supervised by its peer; where the peer is confident
-(``c_v = max_k p_t[k, v] >= tau``) by the confidence-weighted negative log-likelihood of the peer's hard label,
-elsewhere by the mean squared error between the two softmax maps:
+Kumari et al., "Leveraging Task-Specific Knowledge from LLM for Semi-Supervised 3D Medical Image
+Segmentation" (the USL equation of the method section). On unlabelled voxels each co-trained network (the
+*student*) is supervised by its peer. With ``p_s = softmax(student)``, ``p_t = softmax(peer)`` (the peer is
+detached), ``c_v = max_k p_t[k, v]``, ``y_v = argmax_k p_t[k, v]`` and the confident set
+``M = {v : c_v >= tau}``:
 
-    L_USL = 1/N [ sum_{v: c_v >= tau} c_v * (-log p_s[y_v, v]) + sum_{v: c_v < tau} 1/K ||p_s[:, v] - p_t[:, v]||^2 ]
+    L_USL = 1/N * [ sum_{v in M} c_v * (-log p_s[y_v, v])
+                    + sum_{v not in M} 1/K * ||p_s[:, v] - p_t[:, v]||^2 ]
 
-with ``y_v = argmax_k p_t[k, v]``, ``N`` the voxels considered and ``K`` the classes. The nearest public relative
-is TraCoCo's confident-region loss (Liu et al. 2022). Optional negative learning (off by default): for classes
-the peer is confident are absent (``p_t[k, v] < negative_tau``) add ``-log(1 - p_s[k, v])`` averaged over those
-(class, voxel) pairs, weighted by ``negative_weight``.
+``N`` is the number of voxels considered (all voxels, or those in ``mask``) and ``K`` the number of classes.
+The squared distance is divided by ``K`` (i.e. it is the per-class *mean* squared error, as ``F.mse_loss``
+computes it and as TraCoCo's softmax-MSE does), so the unconfident term stays in ``[0, 2/K]`` whatever the
+label count. Both terms share the denominator ``N``: a voxel contributes to exactly one of them, so the loss
+is a plain per-voxel average and its scale does not jump when the confident share changes.
+
+Optional negative learning (off by default; TraCoCo's "negative" branch, Kim et al. ICCV 2019): for every
+(class, voxel) pair the peer rules out (``p_t[k, v] < negative_tau``) add ``-log(1 - p_s[k, v])``, averaged
+over those pairs and weighted by ``negative_weight``:
+
+    L = L_USL + negative_weight * mean_{(k, v): p_t[k, v] < negative_tau} -log(1 - p_s[k, v])
 """
 
 from __future__ import annotations
@@ -20,39 +29,80 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class UnifiedSegmentationLoss(nn.Module):
-    """USL: confidence-weighted NLL where the peer is confident, MSE of softmax maps where it is not."""
+def _voxel_mask(mask: Tensor | None, like: Tensor) -> Tensor:
+    """``(B, *spatial)`` bool mask from an optional ``(B, 1, *spatial)`` (or ``(B, *spatial)``) mask."""
+    if mask is None:
+        return torch.ones_like(like, dtype=torch.bool)
+    if mask.dim() == like.dim() + 1:
+        if mask.shape[1] != 1:
+            raise ValueError(f"mask must have one channel, got shape {tuple(mask.shape)}")
+        mask = mask[:, 0]
+    if mask.shape != like.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match the voxels {tuple(like.shape)}")
+    return mask.bool()
 
-    def __init__(self, tau: float = 0.65, negative_learning: bool = False, negative_tau: float = 0.05,
-                 negative_weight: float = 1.0) -> None:
+
+class UnifiedSegmentationLoss(nn.Module):
+    """USL: confidence-weighted NLL where the peer is confident, softmax MSE where it is not.
+
+    ``forward(student_logits, peer_logits, mask=None) -> (loss, stats)``; logits are ``(B, K, *spatial)``
+    (2D or 3D). No gradient reaches the peer. ``stats`` holds detached scalars: ``confident_fraction``
+    (share of the considered voxels in ``M``), ``nll`` and ``mse`` (the two terms, each already divided by
+    ``N``, so ``nll + mse + negative_weight * negative == loss``) and ``negative`` (0 when negative learning
+    is off).
+    """
+
+    def __init__(
+        self,
+        tau: float = 0.65,
+        negative_learning: bool = False,
+        negative_tau: float = 0.05,
+        negative_weight: float = 1.0,
+    ) -> None:
         super().__init__()
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"USL tau must lie in [0, 1], got {tau}")
         self.tau = tau
         self.negative_learning = negative_learning
         self.negative_tau = negative_tau
         self.negative_weight = negative_weight
 
-    def forward(self, student_logits: Tensor, peer_logits: Tensor, mask: Tensor | None = None) -> tuple[Tensor, dict]:
+    def forward(
+        self, student_logits: Tensor, peer_logits: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, dict]:
+        if student_logits.shape != peer_logits.shape:
+            raise ValueError(
+                f"student {tuple(student_logits.shape)} and peer {tuple(peer_logits.shape)} logits "
+                "must have the same shape"
+            )
+        k = student_logits.shape[1]
+        # float32 whatever the autocast state: log-softmax of fp16 logits loses the small probabilities
         log_p_s = F.log_softmax(student_logits.float(), dim=1)
         p_s = log_p_s.exp()
         with torch.no_grad():
             p_t = torch.softmax(peer_logits.detach().float(), dim=1)
             conf, hard = p_t.max(dim=1)  # (B, *spatial)
-            valid = torch.ones_like(conf, dtype=torch.bool) if mask is None else mask[:, 0].bool()
+            valid = _voxel_mask(mask, conf)
             confident = (conf >= self.tau) & valid
-            unconfident = (~confident) & valid
+            unconfident = valid & ~confident
             n = valid.sum().clamp_min(1).float()
-        k = student_logits.shape[1]
-        nll = -log_p_s.gather(1, hard[:, None])[:, 0]  # (B, *spatial)
-        nll_term = (conf * nll * confident).sum() / n
-        mse = ((p_s - p_t) ** 2).sum(1) / k
-        mse_term = (mse * unconfident).sum() / n
+        zero = log_p_s.new_zeros(())
+        nll = -log_p_s.gather(1, hard[:, None])[:, 0]
+        # where (not multiply) so that a -inf log-probability outside the set cannot turn into NaN
+        nll_term = torch.where(confident, conf * nll, zero).sum() / n
+        mse = ((p_s - p_t) ** 2).sum(dim=1) / k
+        mse_term = torch.where(unconfident, mse, zero).sum() / n
         loss = nll_term + mse_term
-        neg_term = loss.new_zeros(())
+        neg_term = zero
         if self.negative_learning:
-            absent = (p_t < self.negative_tau) & valid[:, None]
-            neg = -torch.log((1 - p_s).clamp_min(1e-6))
-            neg_term = (neg * absent).sum() / absent.sum().clamp_min(1)
+            ruled_out = (p_t < self.negative_tau) & valid[:, None]
+            neg = -torch.log1p(-p_s.clamp(max=1.0 - 1e-6))
+            neg_term = torch.where(ruled_out, neg, zero).sum() / ruled_out.sum().clamp_min(1)
             loss = loss + self.negative_weight * neg_term
-        stats = {"confident_fraction": (confident.sum().float() / n).detach(), "nll": nll_term.detach(),
-                 "mse": mse_term.detach(), "negative": neg_term.detach()}
+        stats = {
+            "confident_fraction": (confident.sum().float() / n).detach(),
+            "nll": nll_term.detach(),
+            "mse": mse_term.detach(),
+            "negative": neg_term.detach(),
+        }
         return loss, stats

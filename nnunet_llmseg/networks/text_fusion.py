@@ -1,11 +1,21 @@
 """LLM-SegNet's text fusion at the encoder bottleneck, with a learnable balance.
 
-The CLIP embeddings of the LLM's per-class descriptors (``(K, T)``) are projected to the bottleneck's channels.
-An image-conditioned attention over the K descriptors (query: the globally pooled bottleneck) yields one text
-vector per sample, which modulates the bottleneck features channel-wise; a 1x1 conv mixes image and
-text-modulated features. The result is added through a gate, ``out = x + tanh(g) * fused``, with ``g``
-initialised to 0, so training starts exactly as the plain network (as Flamingo's gated cross-attention does)
-and the balance between image and text is learnt.
+The text encoder's embeddings of the LLM-written per-class descriptors, ``E`` of shape ``(K, T)``, enter the
+bottleneck features ``x`` (``(B, C, *spatial)``) as follows:
+
+    t_k   = MLP(E_k)                                     text projected to the C channels      (K, C)
+    q_b   = W_q GAP(x_b)                                 image query from the pooled bottleneck (B, C)
+    a_bk  = softmax_k(q_b . t_k / sqrt(C))               which descriptors matter for this image (B, K)
+    s_b   = sum_k a_bk t_k                               one text vector per sample             (B, C)
+    m_b   = x_b * (1 + gamma(s_b)) + beta(s_b)           FiLM channel modulation by the text
+    f_b   = Conv1x1([x_b, m_b])                          mixes image and text-modulated features
+    out_b = x_b + tanh(g) * f_b                          gated residual, g learnable, g_0 = gate_init
+
+Attention pooling (instead of the mean over ``K``) lets each image weight the descriptors of the structures
+it actually shows. With ``gate_init = 0``, ``tanh(g) = 0`` and the output equals the input exactly, so
+training starts as the plain nnU-Net and learns how much text to let in (as Flamingo's tanh-gated
+cross-attention does); the gate still gets a gradient (``d out / d g = f * (1 - tanh^2 g)``) and the other
+parameters start learning as soon as it moves.
 """
 
 from __future__ import annotations
@@ -15,27 +25,52 @@ from torch import Tensor, nn
 
 
 class TextFusionBlock(nn.Module):
-    """Fuse per-class text embeddings into bottleneck features; ``out == features`` at ``gate_init=0``."""
+    """LLM-SegNet text fusion at the encoder bottleneck with a learnable balance (``out == x`` at g = 0)."""
 
-    def __init__(self, text_dim: int, channels: int, conv_op: type[nn.Module] = nn.Conv3d,
-                 hidden: int | None = None, gate_init: float = 0.0) -> None:
+    def __init__(
+        self,
+        text_dim: int,
+        channels: int,
+        conv_op: type[nn.Module] = nn.Conv3d,
+        hidden: int | None = None,
+        gate_init: float = 0.0,
+    ) -> None:
         super().__init__()
-        hidden = hidden or channels
-        self.text_proj = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, channels))
+        hidden = hidden or max(channels, 64)
+        self.channels = channels
+        self.text_proj = nn.Sequential(
+            nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, channels)
+        )
         self.query = nn.Linear(channels, channels)
+        self.film = nn.Linear(channels, 2 * channels)
         self.mix = conv_op(2 * channels, channels, kernel_size=1)
         self.gate = nn.Parameter(torch.tensor(float(gate_init)))
 
-    def forward(self, features: Tensor, text: Tensor) -> Tensor:
-        b, c = features.shape[:2]
-        t = self.text_proj(text.to(features.dtype))  # (K, C)
+    def text_summary(self, features: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample text vector ``(B, C)`` and the attention over the ``K`` descriptors ``(B, K)``."""
+        if text.dim() != 2:
+            raise ValueError(f"text must be (K, T) descriptor embeddings, got shape {tuple(text.shape)}")
+        t = self.text_proj(text.to(device=features.device, dtype=self.query.weight.dtype))  # (K, C)
         pooled = features.flatten(2).mean(-1)  # (B, C)
-        attn = torch.softmax(self.query(pooled) @ t.t() / c ** 0.5, dim=-1)  # (B, K)
-        t_b = attn @ t  # (B, C)
+        scores = self.query(pooled) @ t.t().to(pooled.dtype) / self.channels**0.5
+        attn = torch.softmax(scores.float(), dim=-1)  # (B, K)
+        return attn.to(t.dtype) @ t, attn
+
+    def forward(self, features: Tensor, text: Tensor) -> Tensor:
+        if features.shape[1] != self.channels:
+            raise ValueError(
+                f"features have {features.shape[1]} channels, the fusion block was built for {self.channels}"
+            )
+        b, c = features.shape[:2]
+        summary, _ = self.text_summary(features, text)
+        gamma, beta = self.film(summary).chunk(2, dim=-1)
         shape = (b, c) + (1,) * (features.dim() - 2)
-        modulated = features * torch.sigmoid(t_b).view(shape)
+        modulated = features * (1 + gamma.view(shape).to(features.dtype)) + beta.view(shape).to(
+            features.dtype
+        )
         fused = self.mix(torch.cat((features, modulated), dim=1))
-        return features + torch.tanh(self.gate) * fused
+        return features + torch.tanh(self.gate).to(fused.dtype) * fused
 
     def gate_value(self) -> float:
+        """``tanh(g)``: the share of text-fused features added to the bottleneck (0 = plain network)."""
         return float(torch.tanh(self.gate.detach()))
