@@ -60,12 +60,12 @@ def write_schedule_module(folder: Path, bases: list[str], epochs: int, iters: in
     return names
 
 
-def make_batch_plans(preprocessed: Path, batch_size: int) -> str:
-    """Copy of nnUNetPlans with another 3d_fullres batch size; same data identifier, so no new preprocessing."""
+def make_batch_plans(preprocessed: Path, batch_size: int, configuration: str) -> str:
+    """Copy of nnUNetPlans with another batch size; same data identifier, so no new preprocessing."""
     name = f"nnUNetPlans_bs{batch_size}"
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     plans["plans_name"] = name
-    plans["configurations"]["3d_fullres"]["batch_size"] = batch_size
+    plans["configurations"][configuration]["batch_size"] = batch_size
     target = preprocessed / f"{name}.json"
     if not target.is_file() or json.loads(target.read_text()) != plans:
         target.write_text(json.dumps(plans, indent=2))
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, required=True, help="training iterations per epoch")
     p.add_argument("--batch-size", type=int, default=None, help="override the planned batch size (CPU runs)")
     p.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("-c", "--configuration", default="3d_fullres",
+                   help="nnU-Net configuration (2d is the practical choice on a 2-core CPU)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--max-val-cases", type=int, default=None,
                    help="score only the first N validation cases (all are still predicted by nnU-Net)")
@@ -127,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     env = prepare(args.workspace, REPO.parent / "shared" / "data" / "Task04_Hippocampus", args.labelled, args.fold,
                   0, "minilm-l6-v2", 2)
     pre = Path(env["nnUNet_preprocessed"]) / DATASET_NAME
-    plans = make_batch_plans(pre, args.batch_size) if args.batch_size else "nnUNetPlans"
+    cfg = args.configuration
+    if not (pre / json.loads((pre / "nnUNetPlans.json").read_text())["configurations"][cfg]
+            .get("data_identifier", f"nnUNetPlans_{cfg}")).is_dir():
+        subprocess.run([_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", cfg, "-np", "2"],
+                       env=env, check=True)
+    plans = make_batch_plans(pre, args.batch_size, cfg) if args.batch_size else "nnUNetPlans"
     trainer_dir = args.workspace.resolve() / "trainers"
     names = write_schedule_module(trainer_dir, [METHODS[m] for m in args.methods], args.epochs, args.iters)
     env["nnUNet_extTrainer"] = os.pathsep.join(
@@ -141,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for method in args.methods:  # train everything first (each run ends with nnU-Net's own validation)
         trainer = names[METHODS[method]]
-        fold_dir = Path(env["nnUNet_results"]) / DATASET_NAME / f"{trainer}__{plans}__3d_fullres" / f"fold_{args.fold}"
+        fold_dir = Path(env["nnUNet_results"]) / DATASET_NAME / f"{trainer}__{plans}__{cfg}" / f"fold_{args.fold}"
         if fold_dir.exists() and not (fold_dir / "checkpoint_final.pth").is_file():
             shutil.rmtree(fold_dir)  # an interrupted earlier run: start it again
         t0 = time.time()
         if not (fold_dir / "checkpoint_final.pth").is_file():
-            cmd = ["nnUNetv2_train", str(DATASET_ID), "3d_fullres", str(args.fold), "-tr", trainer, "-p", plans,
+            cmd = ["nnUNetv2_train", str(DATASET_ID), cfg, str(args.fold), "-tr", trainer, "-p", plans,
                    "-device", args.device]
             print("+", " ".join(cmd), flush=True)
             subprocess.run([_bin(cmd[0]), *cmd[1:]], env=env, check=True)
@@ -179,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = [f"Command: `{command}`  ",
           f"Device: {device} ({platform.machine()}, {os.cpu_count()} cores); dataset MSD Task04 Hippocampus, "
-          f"fold {args.fold}, {args.labelled} labelled training cases, plans `{plans}`; schedule {args.epochs} epochs "
+          f"fold {args.fold}, {args.labelled} labelled training cases, configuration `{cfg}`, "
+          f"plans `{plans}`; schedule {args.epochs} epochs "
           f"x {args.iters} iterations.", "",
           "| method | Dice | Jaccard | HD95 [mm] | ASD [mm] | iteration time vs (a) |",
           "|---|---|---|---|---|---|"]
