@@ -8,14 +8,13 @@ pseudo-supervision). See README "LLM-SegNet" for the equations and every choice 
 
 from __future__ import annotations
 
-import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from nnunet_llmseg.losses.usl import UnifiedSegmentationLoss
 from nnunet_llmseg.networks.text_unets import TextFusedUNet, TwinNetwork, predict_networks_from_env
 from nnunet_llmseg.trainers.semi_supervised import nnUNetTrainerCoTraining, twin_has_regions, unwrap
-from nnunet_llmseg.trainers.text_priors import load_text_spec, stacked_rows, text_spec_from_plans
+from nnunet_llmseg.trainers.text_priors import text_spec_from_plans
 
 
 class nnUNetTrainerLLMSeg(nnUNetTrainerCoTraining):
@@ -28,13 +27,6 @@ class nnUNetTrainerLLMSeg(nnUNetTrainerCoTraining):
     #: fuse the LLM descriptors at the bottleneck (False: the ``_noText`` ablation)
     use_text: bool = True
     text_keys: tuple[str, ...] = ("llmseg",)
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.priors, self.prior_rows = (None, None)
-        if self.use_text:
-            self.priors, self.prior_rows = load_text_spec(self)
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
@@ -51,14 +43,6 @@ class nnUNetTrainerLLMSeg(nnUNetTrainerCoTraining):
 
     def _build_unsupervised_loss(self) -> nn.Module:
         return UnifiedSegmentationLoss(tau=self.usl_tau, negative_learning=self.usl_negative_learning)
-
-    def initialize(self) -> None:
-        super().initialize()
-        if self.use_text:
-            text = stacked_rows(self.priors, self.text_keys, self.prior_rows).to(self.device)
-            twin = unwrap(self.network)
-            for net in (twin.net_a, twin.net_b):
-                net.text_embeddings.copy_(text)
 
     def gate_value(self) -> float:
         twin = unwrap(self.network)

@@ -40,6 +40,7 @@ from nnunet_llmseg.data.unlabeled_preprocessing import (
 from nnunet_llmseg.losses.cps import CrossPseudoSupervisionLoss
 from nnunet_llmseg.networks.text_unets import TwinNetwork, predict_networks_from_env
 from nnunet_llmseg.trainers.progress import SemiSupervisedLocalLogger
+from nnunet_llmseg.trainers.text_priors import load_text_spec, stacked_rows
 
 TWIN_PLANS_KEY = "nnunet_llmseg"
 
@@ -202,6 +203,10 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     cutmix_volume_fraction: tuple[float, float] = (0.25, 0.5)
     #: whether ``TwinNetwork`` must also return decoder features (TAK's contrastive loss needs them)
     return_features: bool = False
+    #: text priors the networks read (keys of ``prior_generation``'s embeddings, concatenated per class);
+    #: with ``use_text`` the trainer refuses to start without matching priors
+    use_text: bool = False
+    text_keys: tuple[str, ...] = ()
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -210,10 +215,18 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         self.unsupervised_loss: nn.Module | None = None
         # what the inference-time network build needs beyond nnU-Net's plans (copied into the model folder)
         self.plans_manager.plans[TWIN_PLANS_KEY] = {"has_regions": bool(self.label_manager.has_regions)}
+        self.priors, self.prior_rows = (None, None)
+        if self.use_text:
+            self.priors, self.prior_rows = load_text_spec(self)
 
     def initialize(self) -> None:
         super().initialize()
         self.unsupervised_loss = self._build_unsupervised_loss()
+        if self.priors is not None:  # fill both networks' persistent text buffers
+            text = stacked_rows(self.priors, self.text_keys, self.prior_rows).to(self.device)
+            twin = unwrap(self.network)
+            for net in (twin.net_a, twin.net_b):
+                net.text_embeddings.copy_(text)
 
     def _build_unsupervised_loss(self) -> nn.Module:
         """Plain cross pseudo-supervision (Chen et al. 2021); method trainers override this."""

@@ -26,7 +26,7 @@ from nnunet_llmseg.losses.class_balance import build_class_balance
 from nnunet_llmseg.losses.contrastive import TextAnchoredContrastiveLoss, sample_class_voxels
 from nnunet_llmseg.networks.text_unets import TextDrivenUNet, TwinNetwork, predict_networks_from_env
 from nnunet_llmseg.trainers.semi_supervised import _full_res, _take, nnUNetTrainerCoTraining, twin_has_regions, unwrap
-from nnunet_llmseg.trainers.text_priors import load_text_spec, stacked_rows, text_spec_from_plans
+from nnunet_llmseg.trainers.text_priors import text_spec_from_plans
 
 
 class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
@@ -51,11 +51,6 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.return_features = True
-        self.priors, self.prior_rows = (None, None)
-        if self.use_text:
-            self.priors, self.prior_rows = load_text_spec(self)
-        elif self.use_contrast:
-            pass  # contrast without text anchors: plain supervised contrastive loss on voxels
         if self.label_manager.has_regions and self.use_contrast:
             self.print_to_log_file("Region-based labels: contrastive alignment disabled (regions overlap).")
             self.use_contrast = False
@@ -86,14 +81,6 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         if cls.class_balance == "dhc":
             return "dhc_dist" if net == "a" else "dhc_diff"
         return cls.class_balance
-
-    def initialize(self) -> None:
-        super().initialize()
-        if self.use_text:
-            text = stacked_rows(self.priors, self.text_keys, self.prior_rows).to(self.device)
-            twin = unwrap(self.network)
-            for net in (twin.net_a, twin.net_b):
-                net.text_embeddings.copy_(text)
 
     # ---- schedule ------------------------------------------------------------------------------------------
     def _progress(self) -> float:
