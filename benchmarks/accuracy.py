@@ -99,8 +99,8 @@ def bar_plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.5))
     names = [r["method"] for r in rows]
     for ax, (key, title) in zip(axes, metrics):
-        means = [r["summary"][key]["mean"] for r in rows]
-        stds = [r["summary"][key]["std"] for r in rows]
+        means = [r["summary"][key]["mean"] if r["summary"][key]["mean"] is not None else float("nan") for r in rows]
+        stds = [r["summary"][key]["std"] if r["summary"][key]["std"] is not None else 0.0 for r in rows]
         ax.bar(range(len(rows)), means, yerr=stds, color=["#999999", "#1f77b4", "#ff7f0e", "#2ca02c"][:len(rows)])
         ax.set_xticks(range(len(rows)), names, rotation=20)
         ax.set_title(title)
@@ -175,10 +175,13 @@ def main(argv: list[str] | None = None) -> int:
                 for name in keep:
                     shutil.copy(src / name, d / name)
             ref_dir, val_dir = sub_ref, sub_pred
-        result = evaluate_folders(ref_dir, val_dir, labels=labels, num_processes=2)
+        # gt_segmentations holds every training case; nnU-Net's validation predicted the fold's validation cases
+        n_pred = len(list(val_dir.glob("*.nii.gz")))
+        result = evaluate_folders(ref_dir, val_dir, labels=labels, num_processes=2, allow_missing=True)
+        n_scored = len(result.get("cases", result.get("per_case", []))) or n_pred
         rows.append({"method": method, "trainer": trainer, "summary": overall_summary(result),
                      "per_class": result["summary"], "epoch_seconds": epoch_seconds(fold_dir),
-                     "wall_seconds": wall})
+                     "wall_seconds": wall, "n_validation_predictions": n_pred, "n_scored": n_scored})
         print(method, json.dumps(rows[-1]["summary"]), flush=True)
 
     base = next((r["epoch_seconds"] for r in rows if r["method"] == "labelled_only"), rows[0]["epoch_seconds"])
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
           "|---|---|---|---|---|---|"]
     for r in rows:
         s = r["summary"]
-        cells = [f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in ("dice", "jaccard", "hd95", "asd")]
+        cells = [f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" if s[k]["mean"] is not None
+                 else "n/a (no structure predicted)" for k in ("dice", "jaccard", "hd95", "asd")]
         md.append(f"| {r['method']} (`{r['trainer']}`) | " + " | ".join(cells)
                   + f" | {r['epoch_seconds'] / base:.2f}x |")
     (args.out / "results.md").write_text("\n".join(md) + "\n")
