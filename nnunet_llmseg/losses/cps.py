@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nnunet_llmseg.losses.usl import _voxel_mask
+from nnunet_llmseg.losses.usl import peer_targets
 
 
 class CrossPseudoSupervisionLoss(nn.Module):
@@ -27,16 +27,7 @@ class CrossPseudoSupervisionLoss(nn.Module):
     def forward(
         self, student_logits: Tensor, peer_logits: Tensor, mask: Tensor | None = None
     ) -> tuple[Tensor, dict]:
-        if student_logits.shape != peer_logits.shape:
-            raise ValueError(
-                f"student {tuple(student_logits.shape)} and peer {tuple(peer_logits.shape)} logits "
-                "must have the same shape"
-            )
-        with torch.no_grad():
-            p_t = torch.softmax(peer_logits.detach().float(), dim=1)
-            conf, hard = p_t.max(dim=1)
-            valid = _voxel_mask(mask, conf)
-            n = valid.sum().clamp_min(1).float()
+        _, conf, hard, valid, n = peer_targets(student_logits, peer_logits, mask)
         ce = F.cross_entropy(student_logits.float(), hard, reduction="none")
         loss = torch.where(valid, ce, ce.new_zeros(())).sum() / n
         stats = {

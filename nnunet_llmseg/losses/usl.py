@@ -42,6 +42,22 @@ def _voxel_mask(mask: Tensor | None, like: Tensor) -> Tensor:
     return mask.bool()
 
 
+@torch.no_grad()
+def peer_targets(student_logits: Tensor, peer_logits: Tensor, mask: Tensor | None
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """What every peer-supervised loss needs from the (detached) peer: ``p_t`` (float32 softmax), its
+    confidence ``c`` and hard label ``y`` per voxel, the valid-voxel mask and their count ``N`` (>= 1)."""
+    if student_logits.shape != peer_logits.shape:
+        raise ValueError(
+            f"student {tuple(student_logits.shape)} and peer {tuple(peer_logits.shape)} logits "
+            "must have the same shape"
+        )
+    p_t = torch.softmax(peer_logits.detach().float(), dim=1)
+    conf, hard = p_t.max(dim=1)
+    valid = _voxel_mask(mask, conf)
+    return p_t, conf, hard, valid, valid.sum().clamp_min(1).float()
+
+
 class UnifiedSegmentationLoss(nn.Module):
     """USL: confidence-weighted NLL where the peer is confident, softmax MSE where it is not.
 
@@ -70,22 +86,13 @@ class UnifiedSegmentationLoss(nn.Module):
     def forward(
         self, student_logits: Tensor, peer_logits: Tensor, mask: Tensor | None = None
     ) -> tuple[Tensor, dict]:
-        if student_logits.shape != peer_logits.shape:
-            raise ValueError(
-                f"student {tuple(student_logits.shape)} and peer {tuple(peer_logits.shape)} logits "
-                "must have the same shape"
-            )
+        p_t, conf, hard, valid, n = peer_targets(student_logits, peer_logits, mask)
+        confident = (conf >= self.tau) & valid
+        unconfident = valid & ~confident
         k = student_logits.shape[1]
         # float32 whatever the autocast state: log-softmax of fp16 logits loses the small probabilities
         log_p_s = F.log_softmax(student_logits.float(), dim=1)
         p_s = log_p_s.exp()
-        with torch.no_grad():
-            p_t = torch.softmax(peer_logits.detach().float(), dim=1)
-            conf, hard = p_t.max(dim=1)  # (B, *spatial)
-            valid = _voxel_mask(mask, conf)
-            confident = (conf >= self.tau) & valid
-            unconfident = valid & ~confident
-            n = valid.sum().clamp_min(1).float()
         zero = log_p_s.new_zeros(())
         nll = -log_p_s.gather(1, hard[:, None])[:, 0]
         # where (not multiply) so that a -inf log-probability outside the set cannot turn into NaN
