@@ -367,3 +367,23 @@ def test_build_class_balance_names_and_errors():
         build_class_balance("focal", 3)
     with pytest.raises(ValueError, match="unknown option"):
         build_class_balance("dhc", 3, topk_ratio=0.2)
+
+
+def test_pseudo_label_losses_are_cross_entropies_that_skip_unconfident_voxels():
+    """DHC supervises pseudo-labels with the class-weighted CE only (no Dice); ``none`` is plain CPS."""
+    logits = torch.log(torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.9, 0.1], [0.5, 0.5]])).t()[None]  # (1, 2, 4)
+    plab = torch.tensor([[0, 1, 1, -1]])  # the last voxel: peer not confident
+    ce = [-math.log(0.7), -math.log(0.6), -math.log(0.1)]
+    dhc = build_class_balance("dhc", 2)
+    w = dhc.weights()
+    expected = (w[0] * ce[0] + w[1] * (ce[1] + ce[2])) / (w[0] + 2 * w[1])
+    assert dhc.pseudo_label_loss(logits, plab).item() == pytest.approx(expected.item(), rel=1e-5)
+    none = build_class_balance("none", 2)
+    assert none.pseudo_label_loss(logits, plab).item() == pytest.approx(sum(ce) / 3, rel=1e-5)
+    galoss = build_class_balance("galoss", 2, topk_ratio=1.0)
+    assert galoss.pseudo_label_loss(logits, plab).item() == pytest.approx(galoss(logits, plab).item())
+    # nothing confident: a zero that still backpropagates
+    x = logits.clone().requires_grad_(True)
+    empty = dhc.pseudo_label_loss(x, torch.full_like(plab, -1))
+    empty.backward()
+    assert empty.item() == 0.0 and torch.equal(x.grad, torch.zeros_like(x))

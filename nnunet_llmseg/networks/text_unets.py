@@ -89,6 +89,9 @@ class TextFusedUNet(nn.Module):
     def gate_value(self) -> float:
         return self.fusion.gate_value() if self.fusion is not None else 0.0
 
+    def text_share(self) -> float:
+        return self.fusion.text_share() if self.fusion is not None else 0.0
+
 
 class TextDrivenUNet(nn.Module):
     """A plan-built U-Net whose full-resolution head is generated from class text embeddings (TAK).

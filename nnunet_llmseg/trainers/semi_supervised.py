@@ -114,8 +114,12 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     step costs per network.
     """
 
-    #: share of nnU-Net's planned batch size that is labelled (rest: unlabelled)
+    #: share of nnU-Net's planned batch size that is labelled (rest: unlabelled); used when
+    #: ``unlabelled_batch_ratio`` is None
     labelled_batch_fraction: float = 0.5
+    #: ``r``: keep nnU-Net's planned batch of labelled crops and add ``r`` times as many unlabelled crops
+    #: (``None``: split the planned batch by ``labelled_batch_fraction``)
+    unlabelled_batch_ratio: float | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -126,8 +130,11 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
 
     def _set_batch_size_and_oversample(self) -> None:
         super()._set_batch_size_and_oversample()
-        self.batch_size, self.unlabeled_batch_size = get_unlabeled_batch_size(
-            self.batch_size, self.labelled_batch_fraction)
+        if self.unlabelled_batch_ratio is None:
+            self.batch_size, self.unlabeled_batch_size = get_unlabeled_batch_size(
+                self.batch_size, self.labelled_batch_fraction)
+        else:
+            self.unlabeled_batch_size = max(1, round(self.batch_size * self.unlabelled_batch_ratio))
 
     def get_tr_and_val_datasets(self):
         labelled, unlabelled, val_keys = labelled_split(self)
@@ -336,15 +343,20 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
                 value = float(np.nanmean(gathered))
             self.logger.log(log_key, value, self.current_epoch)
         self.logger.log("gate", self.gate_value(), self.current_epoch)
+        self.logger.log("text_share", self.text_share(), self.current_epoch)
         self.logger.log("class_weights", self.class_weights_for_log(), self.current_epoch)
         log = self.logger.local_logger.my_fantastic_logging
         self.print_to_log_file(
             f"sup_loss {log['sup_losses'][-1]:.4f} unsup_loss {log['unsup_losses'][-1]:.4f} "
             f"(weight {log['unsup_weight'][-1]:.3f}) confident {log['confident_fraction'][-1]:.3f} "
-            f"gate {log['gate'][-1]:.4f}")
+            f"gate {log['gate'][-1]:.4f} text share {log['text_share'][-1]:.4f}")
 
     def gate_value(self) -> float:
         """Fusion gate to log (LLM-SegNet); 0 for trainers without one."""
+        return 0.0
+
+    def text_share(self) -> float:
+        """Relative size of the text-driven change of the bottleneck (LLM-SegNet); 0 without one."""
         return 0.0
 
     def class_weights_for_log(self) -> list[float] | None:

@@ -46,6 +46,8 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
     #: "dhc" (distribution-aware for A, difficulty-aware for B), "galoss", or "none"
     class_balance: str = "dhc"
     balance_weight: float = 1.0
+    #: cross pseudo-labels: voxels where the peer's max probability is below this are ignored
+    pseudo_label_threshold: float = 0.65
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -114,9 +116,11 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         with torch.no_grad():
             prob_from_a = torch.softmax(a_mixed.detach(), 1)
             prob_from_b = torch.softmax(b_mixed.detach(), 1)
-        unsup = balance["b"](b_mixed, prob_from_a.argmax(1)) + balance["a"](a_mixed, prob_from_b.argmax(1))
-        confident = 0.5 * ((prob_from_a.max(1).values >= 0.65).float().mean()
-                           + (prob_from_b.max(1).values >= 0.65).float().mean())
+            plab_from_a = self._confident_labels(prob_from_a)
+            plab_from_b = self._confident_labels(prob_from_b)
+        unsup = balance["b"].pseudo_label_loss(b_mixed, plab_from_a) \
+            + balance["a"].pseudo_label_loss(a_mixed, plab_from_b)
+        confident = 0.5 * ((plab_from_a >= 0).float().mean() + (plab_from_b >= 0).float().mean())
 
         contrast = la.new_zeros(())
         if self._contrast_active():
@@ -132,6 +136,11 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         return {"loss": total, "sup_loss": (sup + self.balance_weight * bal_sup).detach(),
                 "unsup_loss": unsup.detach(), "unsup_weight": w, "confident_fraction": confident.detach(),
                 "contrast_loss": contrast.detach()}
+
+    def _confident_labels(self, prob: torch.Tensor) -> torch.Tensor:
+        """The peer's argmax, ``-1`` (ignored) where its max probability is below ``pseudo_label_threshold``."""
+        conf, hard = prob.max(1)
+        return hard.masked_fill(conf < self.pseudo_label_threshold, -1)
 
     def _entropy_threshold(self) -> float:
         start, end = self.entropy_threshold
