@@ -104,6 +104,7 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
 
         la, lb = _full_res(logits_a).float(), _full_res(logits_b).float()
         y_full = (y_l[0] if isinstance(y_l, (list, tuple)) else y_l)[:, 0].long()
+        rel_a, rel_b = self.teacher_reliabilities(la[:n_l], lb[:n_l], y_l)
         with torch.no_grad():
             balance["a"].update(torch.softmax(la[:n_l], 1), y_full)
             balance["b"].update(torch.softmax(lb[:n_l], 1), y_full)
@@ -118,8 +119,9 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
             prob_from_b = torch.softmax(b_mixed.detach(), 1)
             plab_from_a = self._confident_labels(prob_from_a)
             plab_from_b = self._confident_labels(prob_from_b)
-        unsup = balance["b"].pseudo_label_loss(b_mixed, plab_from_a) \
-            + balance["a"].pseudo_label_loss(a_mixed, plab_from_b)
+        unsup_b = balance["b"].pseudo_label_loss(b_mixed, plab_from_a)  # A teaches B
+        unsup_a = balance["a"].pseudo_label_loss(a_mixed, plab_from_b)  # B teaches A
+        unsup = unsup_a + unsup_b
         confident = 0.5 * ((plab_from_a >= 0).float().mean() + (plab_from_b >= 0).float().mean())
 
         contrast = la.new_zeros(())
@@ -132,10 +134,11 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
                               + self._contrast(twin.net_b, feats_b, y_l, plab_b, n_l))
 
         w = self.unsup_weight()
-        total = sup + self.balance_weight * bal_sup + w * unsup + self.contrast_weight * contrast
+        gated = rel_a * unsup_b + rel_b * unsup_a
+        total = sup + self.balance_weight * bal_sup + w * gated + self.contrast_weight * contrast
         return {"loss": total, "sup_loss": (sup + self.balance_weight * bal_sup).detach(),
-                "unsup_loss": unsup.detach(), "unsup_weight": w, "confident_fraction": confident.detach(),
-                "contrast_loss": contrast.detach()}
+                "unsup_loss": unsup.detach(), "unsup_weight": w, "reliability": 0.5 * (rel_a + rel_b),
+                "confident_fraction": confident.detach(), "contrast_loss": contrast.detach()}
 
     def _confident_labels(self, prob: torch.Tensor) -> torch.Tensor:
         """The peer's argmax, ``-1`` (ignored) where its max probability is below ``pseudo_label_threshold``."""
