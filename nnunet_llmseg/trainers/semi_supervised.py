@@ -109,9 +109,12 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     """Base of the semi-supervised trainers: the data side.
 
     Every iteration gets nnU-Net's labelled batch (foreground oversampling, nnU-Net's augmentation) plus an
-    unlabelled batch of random crops with the same spatial and intensity augmentation. The planned batch size
-    is split between the two (``labelled_batch_fraction``, at least one each), so a step costs what nnU-Net's
-    step costs per network.
+    unlabelled batch of random crops with the same spatial and intensity augmentation. By default the
+    labelled batch is nnU-Net's planned batch and the unlabelled batch has the same size
+    (``unlabelled_batch_ratio = 1``), so at the same schedule each network gets exactly the labelled
+    supervision that vanilla nnU-Net gets (a step costs about twice nnU-Net's step per network). Halving the
+    planned batch instead (``unlabelled_batch_ratio = None``) made co-training lag labelled-only nnU-Net by
+    about three epochs on Hippocampus (docs/methods.md).
     """
 
     #: share of nnU-Net's planned batch size that is labelled (rest: unlabelled); used when
@@ -119,7 +122,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     labelled_batch_fraction: float = 0.5
     #: ``r``: keep nnU-Net's planned batch of labelled crops and add ``r`` times as many unlabelled crops
     #: (``None``: split the planned batch by ``labelled_batch_fraction``)
-    unlabelled_batch_ratio: float | None = None
+    unlabelled_batch_ratio: float | None = 1.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
