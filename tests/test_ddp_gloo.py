@@ -99,9 +99,9 @@ def _rank_main(rank: int, env: dict, pre: str, trainer_name: str, result_file: s
 
 @pytest.mark.slow
 def test_ddp_shards_unlabelled_syncs_class_balance_and_gathers_logs(tiny_dataset, tmp_path):
-    _name, _raw, pre = copy_dataset(tiny_dataset, 965, "LLMSegDDP")
+    _name, _raw, pre = copy_dataset(tiny_dataset, 975, "LLMSegDDP")
     write_test_priors(pre, json.loads((pre / "dataset.json").read_text()))
-    create_labelled_subset(965, 0, count=2, seed=1)  # 2 training cases become unlabelled: 5 unlabelled in all
+    create_labelled_subset(975, 0, count=2, seed=1)  # 2 training cases become unlabelled: 5 unlabelled in all
     env = tiny_dataset.env.environ(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), nnUNet_n_proc_DA="0")
     env = {k: v for k, v in env.items() if k.startswith(("nnUNet", "MASTER_", "OMP_"))}
     result = tmp_path / "rank"
