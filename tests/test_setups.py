@@ -128,6 +128,17 @@ def test_region_priors_and_pretrained_weights_in_process(brats, tmp_path):
     for k, v in twin.net_a.fusion.state_dict().items():
         assert torch.equal(v, fusion_before[k])
     assert report["loaded"] > 100 and report["skipped_seg_layers"] > 0 and "fusion" in report["own_modules"]
+    # nnUNetv2_train calls run_training.load_pretrained_weights(trainer.network, ...): ours for our network,
+    # nnU-Net's original for any other
+    import nnunetv2.run.run_training as run_training
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    assert run_training.load_pretrained_weights(trainer.network, str(brats["plain"]))["loaded"] == report["loaded"]
+    plain_net = nnUNetTrainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 4, 3,
+                                                         True)
+    run_training.load_pretrained_weights(plain_net, str(brats["plain"]))
+    assert torch.equal(plain_net.state_dict()["encoder.stem.convs.0.conv.weight"],
+                       weights["encoder.stem.convs.0.conv.weight"])
     broken = dict(weights)
     broken.pop("encoder.stem.convs.0.conv.weight")
     torch.save({"network_weights": broken}, tmp_path / "broken.pth")
