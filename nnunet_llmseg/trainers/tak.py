@@ -73,8 +73,7 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
             "a": build_class_balance(cls._balance_kind("a"), num_output_channels, regions=regions),
             "b": build_class_balance(cls._balance_kind("b"), num_output_channels, regions=regions),
         })
-        return TwinNetwork(one(), one(), predict_networks_from_env(), has_regions=twin_has_regions(plans_manager),
-                           training_state=balance)
+        return TwinNetwork(one(), one(), predict_networks_from_env(), has_regions=regions, training_state=balance)
 
     @classmethod
     def _balance_kind(cls, net: str) -> str:
