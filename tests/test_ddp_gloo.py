@@ -4,7 +4,8 @@ Each rank builds the real TAK trainer and initialises it as nnUNetv2_train does 
 ``initialize`` wraps the twin in ``DistributedDataParallel``; the only change for CPU is that the wrapper gets no
 ``device_ids``). Checked: the unlabelled cases are sharded per rank, two real training steps run through DDP (every
 parameter gets a gradient, as nnU-Net's ``find_unused_parameters=False`` demands), the class-balance statistics
-are summed over the ranks (identical buffers right after the update, before DDP's next broadcast), and the
+are summed over the ranks and the teachers' reliabilities averaged (identical buffers right after the update,
+before DDP's next broadcast), and the
 per-epoch logs are gathered over the ranks with ``all_gather_object``.
 """
 
@@ -73,7 +74,8 @@ def _rank_main(rank: int, env: dict, pre: str, trainer_name: str, result_file: s
             keys.append(list(batch["keys"]))
             outputs.append(trainer.train_step(batch))
             # right after the step (the update ran after DDP's forward broadcast): all ranks must agree
-            buffers.append({k: v.clone() for k, v in twin.training_state.state_dict().items()})
+            buffers.append({**{k: v.clone() for k, v in twin.training_state.state_dict().items()},
+                            "reliability": twin.teacher_reliability.reliability.clone()})
         report["keys"] = keys
         gathered = _gather(buffers)
         report["buffers_equal"] = all(torch.equal(gathered[0][i][k], gathered[1][i][k])

@@ -367,3 +367,51 @@ def test_build_class_balance_names_and_errors():
         build_class_balance("focal", 3)
     with pytest.raises(ValueError, match="unknown option"):
         build_class_balance("dhc", 3, topk_ratio=0.2)
+
+
+def test_pseudo_label_losses_are_cross_entropies_that_skip_unconfident_voxels():
+    """DHC supervises pseudo-labels with the class-weighted CE only (no Dice); ``none`` is plain CPS."""
+    logits = torch.log(torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.9, 0.1], [0.5, 0.5]])).t()[None]  # (1, 2, 4)
+    plab = torch.tensor([[0, 1, 1, -1]])  # the last voxel: peer not confident
+    ce = [-math.log(0.7), -math.log(0.6), -math.log(0.1)]
+    dhc = build_class_balance("dhc", 2)
+    w = dhc.weights()
+    expected = (w[0] * ce[0] + w[1] * (ce[1] + ce[2])) / (w[0] + 2 * w[1])
+    assert dhc.pseudo_label_loss(logits, plab).item() == pytest.approx(expected.item(), rel=1e-5)
+    none = build_class_balance("none", 2)
+    assert none.pseudo_label_loss(logits, plab).item() == pytest.approx(sum(ce) / 3, rel=1e-5)
+    galoss = build_class_balance("galoss", 2, topk_ratio=1.0)
+    assert galoss.pseudo_label_loss(logits, plab).item() == pytest.approx(galoss(logits, plab).item())
+    # nothing confident: a zero that still backpropagates
+    x = logits.clone().requires_grad_(True)
+    empty = dhc.pseudo_label_loss(x, torch.full_like(plab, -1))
+    empty.backward()
+    assert empty.item() == 0.0 and torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_teacher_reliability_is_the_ema_of_the_labelled_hard_foreground_dice():
+    from nnunet_llmseg.losses.teacher_reliability import TeacherReliability, hard_foreground_dice
+
+    target = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    target[0, 0, 0, :2] = 1  # class 1: 2 voxels; class 2 absent from the batch
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[:, 0] = 1.0  # predicts background everywhere: a teacher that segments nothing
+    assert hard_foreground_dice(logits, target).item() == 0.0
+    logits[0, 1, 0, :3] = 5.0  # 2 TP, 1 FP for class 1; class 2 not present, so not averaged
+    assert hard_foreground_dice(logits, target).item() == pytest.approx(2 * 2 / (2 * 2 + 1))
+    # nnU-Net's ignore label: the FP voxel is unannotated, so it does not count
+    ignored = target.clone()
+    ignored[0, 0, 0, 2] = 3
+    assert hard_foreground_dice(logits, ignored, ignore_label=3).item() == pytest.approx(1.0)
+    # region-based (sigmoid) outputs: one channel per region
+    regions = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    regions[0, 0, 0, :2] = True
+    assert hard_foreground_dice(logits[:, 1:2], regions, has_regions=True).item() == pytest.approx(0.8)
+    assert hard_foreground_dice(logits, torch.zeros_like(target)) is None  # no foreground: no evidence
+
+    gate = TeacherReliability(2, momentum=0.5)
+    assert gate.update(0, logits, target).item() == pytest.approx(0.5 * 0.8)
+    assert gate.update(0, logits, target).item() == pytest.approx(0.5 * 0.4 + 0.5 * 0.8)
+    assert gate.update(0, logits, torch.zeros_like(target)).item() == pytest.approx(0.6)  # unchanged
+    assert gate.reliability[1].item() == 0.0  # the other network has shown nothing yet
+    assert "reliability" in gate.state_dict()  # checkpointed with the weights

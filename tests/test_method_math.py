@@ -1,4 +1,4 @@
-"""The methods' maths on hand-built tensors: USL, CPS, contrastive loss, class balance, fusion gate, dynamic head."""
+"""The methods' maths on hand-built tensors: USL, CPS, contrastive loss, class balance (blocks: test_network_blocks)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from nnunet_llmseg.losses.class_balance import build_class_balance
 from nnunet_llmseg.losses.contrastive import TextAnchoredContrastiveLoss, sample_class_voxels
 from nnunet_llmseg.losses.cps import CrossPseudoSupervisionLoss
 from nnunet_llmseg.losses.usl import UnifiedSegmentationLoss
-from nnunet_llmseg.networks.dynamic_head import TextDrivenDynamicHead
-from nnunet_llmseg.networks.text_fusion import TextFusionBlock
 
 
 def _logits_from_probs(p: list[list[float]]) -> torch.Tensor:
@@ -133,30 +131,3 @@ def test_galoss_gives_every_present_class_equal_say():
     ce_big = torch.nn.functional.cross_entropy(torch.tensor([[5.0, 0.0]]), torch.tensor([0])).item()
     ce_small = torch.nn.functional.cross_entropy(torch.tensor([[0.0, 0.0]]), torch.tensor([1])).item()
     assert loss.item() == pytest.approx((ce_big + ce_small) / 2, rel=1e-5)
-
-
-def test_fusion_gate_at_init_leaves_features_unchanged_and_learns():
-    block = TextFusionBlock(text_dim=16, channels=8, conv_op=torch.nn.Conv3d)
-    x = torch.randn(2, 8, 3, 4, 5)
-    text = torch.randn(3, 16)
-    out = block(x, text)
-    assert torch.equal(out, x)
-    out.sum().backward()
-    assert block.gate.grad is not None and block.gate.grad.abs() > 0
-
-
-@pytest.mark.parametrize("spatial", [(5, 6), (4, 5, 6)])
-def test_dynamic_head_equals_reference_loop(spatial):
-    torch.manual_seed(0)
-    head = TextDrivenDynamicHead(in_channels=6, text_dim=10, num_classes=4, global_channels=7,
-                                 hidden_channels=5, conv_dims=len(spatial))
-    torch.nn.init.normal_(head.controller.weight, std=0.1)
-    feats = torch.randn(3, 6, *spatial)
-    g = torch.randn(3, 7)
-    text = torch.randn(4, 10, requires_grad=True)
-    out = head(feats, g, text)
-    ref = head.reference_forward(feats, g, text)
-    assert out.shape == (3, 4, *spatial)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
-    out.sum().backward()
-    assert head.class_embed[0].weight.grad.abs().sum() > 0 and text.grad.abs().sum() > 0

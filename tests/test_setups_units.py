@@ -56,15 +56,14 @@ def one_thread():
 @pytest.mark.parametrize(("kind", "dims"), [("resenc", 3), ("resenc", 2), ("plain", 3)])
 def test_wrappers_sit_where_the_planned_unet_has_its_bottleneck_and_head(kind, dims, ds, one_thread):
     """ResidualEncoderUNet (encoder with a stem) and PlainConvUNet: the fusion block gets exactly the encoder's
-    bottleneck, at gate 0 the wrapped network is the planned one output for output, the TAK wrapper's decoder
+    bottleneck, at initialisation the wrapped network is the planned one output for output, the TAK wrapper's decoder
     is nnU-Net's UNetDecoder.forward, and the dynamic head reads the last decoder stage."""
     shape = (2, 4, *([16] * dims))
     x = torch.randn(shape)
     unet = _unet(kind, dims, 4, 3, ds)
     with torch.no_grad():
         plain = unet(x)
-        fused = TextFusedUNet(unet, num_texts=3, text_dim=10)
-        fused.fusion.gate.fill_(0.0)  # closed gate: the plain network
+        fused = TextFusedUNet(unet, num_texts=3, text_dim=10)  # at initialisation: the plain network
         seen = {}
         fused.fusion.register_forward_hook(lambda m, inp, out: seen.update(bottleneck=inp[0]))
         wrapped = fused(x)
@@ -72,7 +71,8 @@ def test_wrappers_sit_where_the_planned_unet_has_its_bottleneck_and_head(kind, d
         assert seen["bottleneck"].shape[1] == unet.encoder.output_channels[-1]
         for a, b in zip(plain if ds else [plain], wrapped if ds else [wrapped]):
             assert torch.equal(a, b)
-        fused.fusion.gate.fill_(1.0)  # open gate: the text changes the output
+        for p in fused.fusion.parameters():  # a trained fusion block: the text changes the output
+            p.add_(torch.randn_like(p) * 0.5)
         assert not torch.allclose(fused(x)[0] if ds else fused(x), plain[0] if ds else plain)
 
         no_text = TextDrivenUNet(unet, num_heads=3, text_dim=10, use_text=False)
@@ -165,7 +165,7 @@ def test_output_space_targets_from_nnunet_batches_with_ignore_label():
 
 
 @pytest.mark.parametrize("regions", [False, True])
-@pytest.mark.parametrize("name", ["dhc", "dhc_dist", "dhc_diff", "galoss"])
+@pytest.mark.parametrize("name", ["dhc", "dhc_dist", "dhc_diff", "galoss", "none"])
 def test_class_balance_never_uses_ignored_voxels(name, regions):
     """Statistics and losses are the same whatever the network predicts on ignored voxels, and the ignore value
     (K for labels, -1 after OutputSpace) is never used as an index."""
@@ -188,10 +188,12 @@ def test_class_balance_never_uses_ignored_voxels(name, regions):
         m2.update(probs(other), labels)
     torch.testing.assert_close(m1.weights(), m2.weights())
     torch.testing.assert_close(m1(logits, labels), m2(other, labels))
-    assert torch.isfinite(m1(logits, labels))
+    torch.testing.assert_close(m1.pseudo_label_loss(logits, labels), m2.pseudo_label_loss(other, labels))
+    assert torch.isfinite(m1(logits, labels)) and float(m1.pseudo_label_loss(logits, labels)) > 0
     if not regions:  # the raw ignore value K in the labels is equally harmless
         raw = labels.masked_fill(labels < 0, k)
         torch.testing.assert_close(m1(logits, raw), m2(other, raw))
+        torch.testing.assert_close(m1.pseudo_label_loss(logits, raw), m2.pseudo_label_loss(other, raw))
         f = torch.randn(2, 4, 6, 6, 6)
         _, sampled = sample_class_voxels(f, raw, 50, k)
         assert set(sampled.tolist()) <= set(range(k))

@@ -6,7 +6,12 @@ name:
 - ``update(probs, labels)`` - statistics from a labelled batch (no gradient; ``probs`` = softmax
   ``(B, K, ...)``, ``labels`` = ``(B, ...)`` integers, ``-1`` ignored);
 - ``weights() -> (K,)`` - the current per-class weights (mean 1), for the loss and for the training log;
-- ``forward(logits, labels, ignore_index=-1) -> scalar`` - the balanced loss.
+- ``forward(logits, labels, ignore_index=-1) -> scalar`` - the balanced loss on labelled data;
+- ``pseudo_label_loss(logits, labels, ignore_index=-1) -> scalar`` - the balanced loss on a peer's
+  pseudo-labels (``ignore_index`` where the peer is not confident). DHC supervises pseudo-labels with the
+  class-weighted cross-entropy alone: a soft Dice against hard pseudo-labels rewards predicting nothing where
+  the peer predicted nothing, which early in training - when the peer predicts mostly background - pushes
+  both networks towards background (issue 11).
 
 Statistics are registered buffers, so they are saved in ``state_dict`` and a resumed run continues with
 them.
@@ -347,6 +352,22 @@ class GALossStyleHardVoxelLoss(_StatelessBalance):
             loss = loss + self.absent_class_weight * absent_term
         return loss
 
+    def pseudo_label_loss(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
+        """The same hard-voxel, per-class-normalised CE on the pseudo-labels (no Dice term involved)."""
+        return self.forward(logits, labels, ignore_index=ignore_index)
+
+
+def _mean_ce(logits: Tensor, labels: Tensor, class_weights: Tensor | None, ignore_index: int) -> Tensor:
+    """(Weighted) mean cross-entropy over the voxels that are not ``ignore_index``; 0 (with a graph) if none."""
+    k = logits.shape[1]
+    lab = _flat_labels(labels, logits)
+    valid = (lab != ignore_index) & (lab >= 0) & (lab < k)
+    x = logits.float()
+    ce = F.cross_entropy(x, torch.where(valid, lab, torch.zeros_like(lab)), reduction="none")
+    w = torch.ones(k, device=x.device) if class_weights is None else class_weights.to(x.device).float()
+    w_v = torch.where(valid, w[torch.where(valid, lab, torch.zeros_like(lab))], x.new_zeros(()))
+    return (w_v * ce).sum() / w_v.sum().clamp_min(1e-8)
+
 
 class ClassBalancedCEDice(nn.Module):
     """DHC as one module: :class:`DistributionDifficultyWeights` statistics + :class:`WeightedCEDiceLoss`."""
@@ -368,12 +389,20 @@ class ClassBalancedCEDice(nn.Module):
     def forward(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
         return self.loss(logits, labels, self.weights().to(logits.device), ignore_index=ignore_index)
 
+    def pseudo_label_loss(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
+        """DHC's unsupervised term: the class-weighted cross-entropy alone (no Dice against pseudo-labels)."""
+        return _mean_ce(logits, labels, self.weights().to(logits.device), ignore_index)
+
 
 class NoClassBalance(_StatelessBalance):
-    """The ``none`` ablation: a zero loss that keeps the graph (so ``backward`` works unchanged)."""
+    """The ``none`` ablation: no extra loss on labelled data (a zero that keeps the graph), and plain
+    cross pseudo-supervision (Chen et al. 2021, unweighted CE) on the pseudo-labels."""
 
     def forward(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
         return logits.float().sum() * 0.0
+
+    def pseudo_label_loss(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
+        return _mean_ce(logits, labels, None, ignore_index)
 
 
 _WEIGHT_KW = ("momentum", "mode", "difficulty_momentum", "difficulty_power", "dist_floor", "eps")

@@ -1,16 +1,20 @@
 """TAK's class-balance losses for nnU-Net's sigmoid regions (region-based datasets such as BraTS).
 
-Same names and interface as ``class_balance.py`` (``update(probs, labels)``, ``weights()``, ``forward(logits,
-labels, ignore_index=-1)``), with ``probs = sigmoid(logits)`` and ``labels`` of shape ``(B, R, *spatial)``: 0/1
-region membership, ``-1`` where the voxel is ignored (nnU-Net's ``ignore`` label). Each region is its own binary
-problem; a region takes the place of a class:
+Same names and interface as ``class_balance.py`` (``update(probs, labels)``, ``weights()``,
+``forward(logits, labels, ignore_index=-1)``, ``pseudo_label_loss(logits, labels, ignore_index=-1)``), with
+``probs = sigmoid(logits)`` and ``labels`` of shape ``(B, R, *spatial)``: 0/1 region membership, ``-1`` where the
+voxel is ignored (nnU-Net's ``ignore`` label). Each region is its own binary problem; a region takes the place of
+a class:
 
 - ``dhc``: :class:`RegionDistributionDifficultyWeights` - DHC's DistDW on the region frequencies
   ``f_r`` = share of the labelled voxels inside region ``r`` (small regions, e.g. enhancing tumour, get the
-  large weights) and DiffDW on the hard Dice of ``p_r >= 0.5`` per region - feeding :class:`WeightedBCEDiceLoss`.
+  large weights) and DiffDW on the hard Dice of ``p_r >= 0.5`` per region - feeding :class:`WeightedBCEDiceLoss`;
+  on pseudo-labels the region-weighted BCE alone (as DHC's CE-only unsupervised term).
 - ``galoss``: :class:`GALossStyleRegionLoss` - GALoss's per-class hard voxels with the two outcomes of every
   region ("in r", "not in r") as the classes: ``2R`` groups of binary cross-entropies.
-- ``none``: the zero loss.
+- ``none``: the zero loss on labelled data; plain BCE on pseudo-labels (cross pseudo-supervision).
+
+Pseudo-labels are ``(B, R, *spatial)`` too, ``-1`` per (region, voxel) where the peer is not confident.
 """
 
 from __future__ import annotations
@@ -35,6 +39,19 @@ def _region_labels(labels: Tensor, like: Tensor) -> Tensor:
         raise ValueError(f"region labels must be (B, R, *spatial) like the outputs {tuple(like.shape)}, "
                          f"got {tuple(labels.shape)}")
     return labels.long()
+
+
+def _mean_bce(logits: Tensor, labels: Tensor, class_weights: Tensor | None) -> Tensor:
+    """``sum_r w_r mean_{v valid} BCE_rv / sum_r w_r`` over the (region, voxel) pairs with label ``>= 0``."""
+    r = logits.shape[1]
+    lab = _region_labels(labels, logits)
+    valid = lab >= 0
+    x = logits.float()
+    bce = F.binary_cross_entropy_with_logits(x, (lab == 1).float(), reduction="none")
+    dims = (0, *range(2, x.dim()))
+    per_region = torch.where(valid, bce, x.new_zeros(())).sum(dims) / valid.sum(dims).clamp_min(1)
+    w = torch.ones(r, device=x.device) if class_weights is None else class_weights.to(x.device).float()
+    return (w * per_region).sum() / w.sum().clamp_min(1e-8)
 
 
 class RegionDistributionDifficultyWeights(DistributionDifficultyWeights):
@@ -80,14 +97,10 @@ class WeightedBCEDiceLoss(nn.Module):
         w = torch.ones(r, device=x.device) if class_weights is None else class_weights.to(x.device).float()
         if w.shape != (r,):
             raise ValueError(f"class_weights must have shape ({r},), got {tuple(w.shape)}")
-        zero = x.new_zeros(())
-        loss = zero
+        loss = x.new_zeros(())
         spatial = tuple(range(2, x.dim()))
         if self.ce_weight:
-            bce = F.binary_cross_entropy_with_logits(x, g, reduction="none")
-            dims = (0, *spatial)
-            per_region = torch.where(valid, bce, zero).sum(dims) / valid.sum(dims).clamp_min(1)
-            loss = loss + self.ce_weight * (w * per_region).sum() / w.sum().clamp_min(1e-8)
+            loss = loss + self.ce_weight * _mean_bce(logits, lab, w)
         if self.dice_weight:
             p = torch.sigmoid(x) * valid
             g = g * valid
@@ -97,6 +110,20 @@ class WeightedBCEDiceLoss(nn.Module):
             per_region = (1 - dice) if self.batch_dice else (1 - dice).mean(0)
             loss = loss + self.dice_weight * (w * per_region).sum() / w.sum().clamp_min(1e-8)
         return loss
+
+
+class RegionClassBalancedBCEDice(ClassBalancedCEDice):
+    """DHC for regions: region weights + :class:`WeightedBCEDiceLoss`; pseudo-labels get the weighted BCE alone."""
+
+    def pseudo_label_loss(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
+        return _mean_bce(logits, labels, self.weights().to(logits.device))
+
+
+class RegionNoClassBalance(NoClassBalance):
+    """The ``none`` ablation for regions: zero on labelled data, plain BCE on the pseudo-labels."""
+
+    def pseudo_label_loss(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
+        return _mean_bce(logits, labels, None)
 
 
 class GALossStyleRegionLoss(_StatelessBalance):
@@ -133,6 +160,10 @@ class GALossStyleRegionLoss(_StatelessBalance):
             loss = loss + self.absent_class_weight * p[:, absent].pow(2).mean(0).sum() / r
         return loss
 
+    def pseudo_label_loss(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
+        """The same hard-voxel, per-group-normalised BCE on the pseudo-labels."""
+        return self.forward(logits, labels, ignore_index=ignore_index)
+
 
 def build_region_balance(name: str, num_regions: int, **kw) -> nn.Module:
     """``dhc`` / ``dhc_dist`` / ``dhc_diff`` / ``galoss`` / ``none`` for sigmoid regions."""
@@ -149,11 +180,11 @@ def build_region_balance(name: str, num_regions: int, **kw) -> nn.Module:
                              f"allowed: {sorted(_WEIGHT_KW + _LOSS_KW)}")
         weighter = RegionDistributionDifficultyWeights(num_regions, **{a: v for a, v in kw.items() if a in _WEIGHT_KW})
         loss = WeightedBCEDiceLoss(**{a: v for a, v in kw.items() if a in _LOSS_KW})
-        return ClassBalancedCEDice(num_regions, weighter, loss)
+        return RegionClassBalancedBCEDice(num_regions, weighter, loss)
     if key == "galoss":
         return GALossStyleRegionLoss(num_regions, **kw)
     if key == "none":
         if kw:
             raise ValueError(f"class balance 'none' takes no options, got {sorted(kw)}")
-        return NoClassBalance(num_regions)
+        return RegionNoClassBalance(num_regions)
     raise ValueError(f"unknown class balance {name!r}; choose one of 'dhc', 'dhc_dist', 'dhc_diff', 'galoss', 'none'")

@@ -2,28 +2,42 @@
 
 For sample ``b`` and class ``k`` (``L`` layers, hidden width ``H``):
 
-    e_k       = MLP(text_k)                            class embedding from the class's text     (E,)
-    theta_bk  = W_c [g_b, e_k] + b_c                   controller: all head parameters    (n_params,)
-    h^0       = F_b                                    decoder features             (F, *spatial)
-    h^l       = ReLU(W^l_bk h^(l-1) + b^l_bk), l < L   1x1(x1) convolutions, widths F -> H -> ... -> H
-    logit_bk  = W^L_bk h^(L-1) + b^L_bk                last layer has one output channel
+    t~_k      = text_k - mean_j text_j                  what sets class k apart from the other classes  (T,)
+    e_k       = MLP(t~_k) / ||MLP(t~_k)||               unit-norm class embedding                        (E,)
+    g^_b      = g_b / ||g_b||                           unit-norm global image feature                   (G,)
+    theta_bk  = W_t e_k + W_g g^_b + c                  controller: all head parameters           (n_params,)
+    h^0       = F_b                                     decoder features                    (F, *spatial)
+    h^l       = ReLU(W^l_bk h^(l-1) + b^l_bk), l < L    1x1(x1) convolutions, widths F -> H -> ... -> H
+    logit_bk  = W^L_bk h^(L-1) + b^L_bk                 last layer has one output channel
 
 ``g_b`` is a global image feature (the caller pools encoder stages), ``text_k`` the class's text embedding
 (TAK: shape and location embeddings concatenated by the caller). ``theta_bk`` is split in layer order into
 each layer's weight (out x in, row-major) and bias. All ``B x K`` heads run at once: one batched matmul per layer, no
 Python loop over samples or classes.
 
-Initialisation: the controller's bias holds one Kaiming-initialised "base" head and its weight is small, so
-at the start every (b, k) head is the base head plus a small, input-dependent perturbation. A
-default-initialised controller makes each generated layer's scale depend on ``|g|`` and ``|e|``, and a
-near-zero one makes the logit a product of ``L`` near-zero layers whose gradients vanish; the base head gives
-a well-scaled output and O(1) gradients from the first step, and the per-class heads diverge through the
-controller weight (the class embeddings differ, and so do the classes' targets).
+Why it is built this way (issue 11's diagnosis of TAK's collapse to background, docs/methods.md):
+
+- **Classes separate from the first step.** Every head is generated from the class's own embedding through
+  ``W_t``, initialised so that each generated layer has Kaiming variance: class ``k`` starts with its own
+  random head, as a plain nnU-Net head starts with its own weights per output channel. The earlier design put
+  one shared "base head" into the controller's bias and a small perturbation on top, so every class started
+  with (almost) the same head: the per-class logit maps differed by ~0.2 % of their scale, the gradients of
+  the shared bias cancel across classes under softmax cross-entropy, and classes could separate only through
+  the small perturbation weights - while the pseudo-labels and class-balance terms locked in whatever was
+  predicted first (background).
+- **Only what distinguishes the classes.** Text embeddings of anatomical descriptions are strongly correlated
+  (cosine 0.5-0.85 between the MSD Hippocampus classes); the component shared by all classes says nothing
+  about which class a head is for, so it is removed (centering) before the class MLP.
+- **Unit-norm inputs to the controller.** With ``||e_k|| = ||g^_b|| = 1`` an SGD step on ``W_t`` or ``W_g``
+  changes the generated parameters by the optimiser's step size, like a step on a plain head's weights; with
+  raw inputs the change is scaled by ``||e||^2`` (hundreds for a 256-d embedding), which makes nnU-Net's SGD
+  (lr 0.01, momentum 0.99) unstable on the generated head.
+- **Image conditioning grows from zero.** ``W_g`` starts at 0 (it still receives gradient, since
+  ``dL/dW_g = dL/dtheta g^^T``): at the start the heads depend on the class text only, and the per-image
+  adaptation of the Universal Model is learnt on top.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +59,6 @@ class TextDrivenDynamicHead(nn.Module):
         num_layers: int = 3,
         class_embed_dim: int = 256,
         conv_dims: int = 3,
-        perturbation_std: float = 0.1,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -63,18 +76,28 @@ class TextDrivenDynamicHead(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(class_embed_dim, class_embed_dim),
         )
-        self.controller = nn.Linear(global_channels + class_embed_dim, self.n_params)
-        self._init_controller(perturbation_std)
+        self.controller_text = nn.Linear(class_embed_dim, self.n_params)
+        self.controller_image = nn.Linear(global_channels, self.n_params, bias=False)
+        self._init_controller()
 
     @torch.no_grad()
-    def _init_controller(self, perturbation_std: float) -> None:
-        fan_in = self.controller.in_features
-        nn.init.normal_(self.controller.weight, std=perturbation_std / math.sqrt(fan_in))
-        base = []
+    def _init_controller(self) -> None:
+        """Kaiming-variance generated weights from a unit-norm class embedding; zero biases; no image term yet."""
+        rows = []
         for out_c, in_c in self.layer_shapes:
-            base.append(torch.randn(out_c * in_c) * math.sqrt(2.0 / in_c))  # Kaiming (ReLU) for a 1x1 conv
-            base.append(torch.zeros(out_c))
-        self.controller.bias.copy_(torch.cat(base))
+            rows.append(torch.full((out_c * in_c,), (2.0 / in_c) ** 0.5))  # Kaiming (ReLU) std of a 1x1 conv
+            rows.append(torch.zeros(out_c))  # generated biases start at 0
+        std = torch.cat(rows)
+        # ||e|| = 1, so theta_j = sum_i W_ji e_i has std ||W_j|| ~ std_j when W_ji ~ N(0, std_j^2)
+        self.controller_text.weight.copy_(torch.randn_like(self.controller_text.weight) * std[:, None])
+        self.controller_text.bias.zero_()
+        self.controller_image.weight.zero_()
+
+    def class_embeddings(self, class_text: Tensor) -> Tensor:
+        """Unit-norm ``(K, E)`` embeddings of the classes' texts, after removing what all classes share."""
+        t = class_text.to(dtype=self.controller_text.weight.dtype)
+        centred = t - t.mean(0, keepdim=True) if t.shape[0] > 1 else t
+        return F.normalize(self.class_embed(centred), dim=-1)
 
     def generate_params(self, global_feature: Tensor, class_text: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Per layer: weights ``(B, K, out, in)`` and biases ``(B, K, out)``."""
@@ -89,10 +112,10 @@ class TextDrivenDynamicHead(nn.Module):
                 f"{self.num_classes} classes"
             )
         b, k = global_feature.shape[0], class_text.shape[0]
-        e = self.class_embed(class_text.to(device=global_feature.device, dtype=self.controller.weight.dtype))
-        g = global_feature.to(e.dtype)
-        z = torch.cat((g[:, None].expand(b, k, -1), e[None].expand(b, k, -1)), dim=-1)  # (B, K, G + E)
-        flat = self.controller(z)  # (B, K, n_params)
+        e = self.class_embeddings(class_text.to(global_feature.device))
+        g = F.normalize(global_feature.to(e.dtype), dim=-1)
+        # (B, K, n_params): class part per class, image part per sample, broadcast to every (b, k) pair
+        flat = self.controller_text(e)[None] + self.controller_image(g)[:, None]
         params, offset = [], 0
         for out_c, in_c in self.layer_shapes:
             w = flat[..., offset : offset + out_c * in_c].reshape(b, k, out_c, in_c)

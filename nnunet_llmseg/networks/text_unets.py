@@ -22,6 +22,7 @@ import os
 import torch
 from torch import nn
 
+from nnunet_llmseg.losses.teacher_reliability import TeacherReliability
 from nnunet_llmseg.networks.dynamic_head import TextDrivenDynamicHead
 from nnunet_llmseg.networks.text_fusion import TextFusionBlock
 
@@ -88,6 +89,9 @@ class TextFusedUNet(nn.Module):
 
     def gate_value(self) -> float:
         return self.fusion.gate_value() if self.fusion is not None else 0.0
+
+    def text_share(self) -> float:
+        return self.fusion.text_share() if self.fusion is not None else 0.0
 
 
 class TextDrivenUNet(nn.Module):
@@ -164,6 +168,8 @@ class TwinNetwork(nn.Module):
         #: small training-only state that must survive a resume (e.g. TAK's class-weight statistics); kept here
         #: so nnU-Net's checkpointing, DDP buffer sync and strict loading handle it like any other buffer
         self.training_state = training_state
+        #: each network's reliability as a teacher (EMA of its labelled-batch Dice), checkpointed with the weights
+        self.teacher_reliability = TeacherReliability(2)
         if predict_networks not in ("both", "a", "b"):
             raise ValueError(f"{PREDICT_NETWORKS_ENV} must be 'both', 'a' or 'b', got {predict_networks!r}")
         self.net_a = net_a

@@ -48,3 +48,7 @@ class nnUNetTrainerLLMSeg(nnUNetTrainerCoTraining):
     def gate_value(self) -> float:
         twin = unwrap(self.network)
         return 0.5 * (twin.net_a.gate_value() + twin.net_b.gate_value())
+
+    def text_share(self) -> float:
+        twin = unwrap(self.network)
+        return 0.5 * (twin.net_a.text_share() + twin.net_b.text_share())

@@ -16,7 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from nnunetv2.training.logging.nnunet_logger import LocalLogger
 
-SEMI_KEYS = ("sup_losses", "unsup_losses", "unsup_weight", "confident_fraction", "gate", "class_weights")
+SEMI_KEYS = ("sup_losses", "unsup_losses", "unsup_weight", "reliability", "confident_fraction", "gate",
+             "text_share", "class_weights")
 
 
 class SemiSupervisedLocalLogger(LocalLogger):
@@ -67,10 +68,12 @@ class SemiSupervisedLocalLogger(LocalLogger):
         ax.plot(x, log["lrs"][:n], "b-", label="learning rate")
         if len(log["unsup_weight"]) >= n:
             ax.plot(x, log["unsup_weight"][:n], "m-", label="unsupervised weight")
+        if len(log["reliability"]) >= n:
+            ax.plot(x, log["reliability"][:n], "m--", label="teacher reliability")
         ax.legend(loc="upper left")
 
         ax = axes[3]
-        for key, style in (("confident_fraction", "k-"), ("gate", "y-")):
+        for key, style in (("confident_fraction", "k-"), ("gate", "y-"), ("text_share", "y--")):
             if len(log[key]) >= n:
                 ax.plot(x, log[key][:n], style, label=key.replace("_", " "))
         if len(log["class_weights"]) >= n and log["class_weights"] and log["class_weights"][0] is not None:

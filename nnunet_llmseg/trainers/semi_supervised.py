@@ -126,8 +126,12 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     step costs per network.
     """
 
-    #: share of nnU-Net's planned batch size that is labelled (rest: unlabelled)
+    #: share of nnU-Net's planned batch size that is labelled (rest: unlabelled); used when
+    #: ``unlabelled_batch_ratio`` is None
     labelled_batch_fraction: float = 0.5
+    #: ``r``: keep nnU-Net's planned batch of labelled crops and add ``r`` times as many unlabelled crops
+    #: (``None``: split the planned batch by ``labelled_batch_fraction``)
+    unlabelled_batch_ratio: float | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -141,8 +145,11 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
 
     def _set_batch_size_and_oversample(self) -> None:
         super()._set_batch_size_and_oversample()
-        self.batch_size, self.unlabeled_batch_size = get_unlabeled_batch_size(
-            self.batch_size, self.labelled_batch_fraction)
+        if self.unlabelled_batch_ratio is None:
+            self.batch_size, self.unlabeled_batch_size = get_unlabeled_batch_size(
+                self.batch_size, self.labelled_batch_fraction)
+        else:
+            self.unlabeled_batch_size = max(1, round(self.batch_size * self.unlabelled_batch_ratio))
 
     def get_tr_and_val_datasets(self):
         labelled, unlabelled, val_keys = labelled_split(self)
@@ -214,6 +221,8 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     #: maximum weight of the unsupervised loss, reached after ``rampup_fraction`` of all iterations
     unsup_weight_max: float = 1.0
     rampup_fraction: float = 0.2
+    #: scale each network's unsupervised loss by its teacher's reliability (EMA of the teacher's labelled Dice)
+    use_reliability_gate: bool = True
     #: CutMix box volume as a fraction of the patch
     cutmix_volume_fraction: tuple[float, float] = (0.25, 0.5)
     #: whether ``TwinNetwork`` must also return decoder features (TAK's contrastive loss needs them)
@@ -320,15 +329,31 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         sup = self.loss(_take(out_a, 0, n_l), y_l) + self.loss(_take(out_b, 0, n_l), y_l)
         logits_a = _full_res(out_a)
         logits_b_mix = _full_res(out_b)[n_l:]
+        rel_a, rel_b = self.teacher_reliabilities(logits_a[:n_l], _full_res(out_b)[:n_l], y_l)
         pool_a = torch.cat((logits_a[n_l:], logits_a[:n_l]))  # same pool order as the images
         a_mixed = mixing.mix(logits_a[n_l:], pool_a[partner], mask)
         loss_b, stats_b = self.unsupervised_loss(logits_b_mix, a_mixed)  # A teaches B
         loss_a, stats_a = self.unsupervised_loss(a_mixed, logits_b_mix)  # B teaches A
         w = self.unsup_weight()
         unsup = loss_a + loss_b
-        return {"loss": sup + w * unsup, "sup_loss": sup.detach(), "unsup_loss": unsup.detach(),
-                "unsup_weight": w,
+        gated = rel_a * loss_b + rel_b * loss_a
+        return {"loss": sup + w * gated, "sup_loss": sup.detach(), "unsup_loss": unsup.detach(),
+                "unsup_weight": w, "reliability": 0.5 * (rel_a + rel_b),
                 "confident_fraction": 0.5 * (stats_a["confident_fraction"] + stats_b["confident_fraction"])}
+
+    def teacher_reliabilities(self, labelled_logits_a: torch.Tensor, labelled_logits_b: torch.Tensor, y_l
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update and return both networks' reliability as teachers (``losses/teacher_reliability.py``).
+
+        With ``use_reliability_gate = False`` both are 1 (the unsupervised loss follows the ramp-up alone).
+        """
+        if not self.use_reliability_gate:
+            one = labelled_logits_a.new_ones((), dtype=torch.float32)
+            return one, one
+        target = y_l[0] if isinstance(y_l, (list, tuple)) else y_l
+        gate = unwrap(self.network).teacher_reliability
+        kw = {"has_regions": self.label_manager.has_regions, "ignore_label": self.label_manager.ignore_label}
+        return gate.update(0, labelled_logits_a, target, **kw), gate.update(1, labelled_logits_b, target, **kw)
 
     def _backward_and_step(self, loss: torch.Tensor) -> None:
         twin = unwrap(self.network)
@@ -352,7 +377,8 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
         for key, log_key in (("sup_loss", "sup_losses"), ("unsup_loss", "unsup_losses"),
-                             ("unsup_weight", "unsup_weight"), ("confident_fraction", "confident_fraction")):
+                             ("unsup_weight", "unsup_weight"), ("confident_fraction", "confident_fraction"),
+                             ("reliability", "reliability")):
             values = [float(o[key]) for o in train_outputs if key in o]
             value = float(np.mean(values)) if values else float("nan")
             if self.is_ddp:
@@ -361,15 +387,21 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
                 value = float(np.nanmean(gathered))
             self.logger.log(log_key, value, self.current_epoch)
         self.logger.log("gate", self.gate_value(), self.current_epoch)
+        self.logger.log("text_share", self.text_share(), self.current_epoch)
         self.logger.log("class_weights", self.class_weights_for_log(), self.current_epoch)
         log = self.logger.local_logger.my_fantastic_logging
         self.print_to_log_file(
             f"sup_loss {log['sup_losses'][-1]:.4f} unsup_loss {log['unsup_losses'][-1]:.4f} "
-            f"(weight {log['unsup_weight'][-1]:.3f}) confident {log['confident_fraction'][-1]:.3f} "
-            f"gate {log['gate'][-1]:.4f}")
+            f"(weight {log['unsup_weight'][-1]:.3f}, teacher reliability {log['reliability'][-1]:.3f}) "
+            f"confident {log['confident_fraction'][-1]:.3f} "
+            f"gate {log['gate'][-1]:.4f} text share {log['text_share'][-1]:.4f}")
 
     def gate_value(self) -> float:
         """Fusion gate to log (LLM-SegNet); 0 for trainers without one."""
+        return 0.0
+
+    def text_share(self) -> float:
+        """Relative size of the text-driven change of the bottleneck (LLM-SegNet); 0 without one."""
         return 0.0
 
     def class_weights_for_log(self) -> list[float] | None:

@@ -47,6 +47,8 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
     #: "dhc" (distribution-aware for A, difficulty-aware for B), "galoss", or "none"
     class_balance: str = "dhc"
     balance_weight: float = 1.0
+    #: cross pseudo-labels: voxels where the peer's max probability is below this are ignored
+    pseudo_label_threshold: float = 0.65
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -103,6 +105,7 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         out = self.outputs  # softmax labels or sigmoid regions; the ignore label becomes -1
         la, lb = _full_res(logits_a).float(), _full_res(logits_b).float()
         y_full = out.target_labels(y_l[0] if isinstance(y_l, (list, tuple)) else y_l)
+        rel_a, rel_b = self.teacher_reliabilities(la[:n_l], lb[:n_l], y_l)
         with torch.no_grad():
             balance["a"].update(out.probs(la[:n_l]), y_full)
             balance["b"].update(out.probs(lb[:n_l]), y_full)
@@ -115,10 +118,12 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         with torch.no_grad():
             prob_from_a = out.probs(a_mixed.detach())
             prob_from_b = out.probs(b_mixed.detach())
-        unsup = (balance["b"](b_mixed, out.hard_labels(prob_from_a))
-                 + balance["a"](a_mixed, out.hard_labels(prob_from_b)))
-        confident = 0.5 * ((out.confidence(prob_from_a) >= 0.65).float().mean()
-                           + (out.confidence(prob_from_b) >= 0.65).float().mean())
+            plab_from_a = self._confident_labels(prob_from_a)
+            plab_from_b = self._confident_labels(prob_from_b)
+        unsup_b = balance["b"].pseudo_label_loss(b_mixed, plab_from_a)  # A teaches B
+        unsup_a = balance["a"].pseudo_label_loss(a_mixed, plab_from_b)  # B teaches A
+        unsup = unsup_a + unsup_b
+        confident = 0.5 * ((plab_from_a >= 0).float().mean() + (plab_from_b >= 0).float().mean())
 
         contrast = la.new_zeros(())
         if self._contrast_active():
@@ -130,12 +135,19 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
                               + self._contrast(twin.net_b, feats_b, y_l, plab_b, n_l))
 
         w = self.unsup_weight()
-        total = sup + self.balance_weight * bal_sup + w * unsup + self.contrast_weight * contrast
+        gated = rel_a * unsup_b + rel_b * unsup_a
+        total = sup + self.balance_weight * bal_sup + w * gated + self.contrast_weight * contrast
         if self.is_ddp:  # DDP wants a gradient for every parameter: add the idle ones with weight 0
             total = total + _zero_touch(twin, total)
         return {"loss": total, "sup_loss": (sup + self.balance_weight * bal_sup).detach(),
-                "unsup_loss": unsup.detach(), "unsup_weight": w, "confident_fraction": confident.detach(),
-                "contrast_loss": contrast.detach()}
+                "unsup_loss": unsup.detach(), "unsup_weight": w, "reliability": 0.5 * (rel_a + rel_b),
+                "confident_fraction": confident.detach(), "contrast_loss": contrast.detach()}
+
+    def _confident_labels(self, prob: torch.Tensor) -> torch.Tensor:
+        """The peer's argmax, ``-1`` (ignored) where its max probability is below ``pseudo_label_threshold``.
+        Regions: ``p >= 0.5`` per region, ``-1`` where ``max(p, 1 - p)`` is below the threshold."""
+        out = self.outputs
+        return out.hard_labels(prob).masked_fill(out.confidence(prob) < self.pseudo_label_threshold, -1)
 
     def _entropy_threshold(self) -> float:
         start, end = self.entropy_threshold
