@@ -31,6 +31,7 @@ Names:
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -46,6 +47,14 @@ def _flat_labels(labels: Tensor, logits_or_probs: Tensor) -> Tensor:
             f"labels {tuple(labels.shape)} do not match predictions {tuple(logits_or_probs.shape)}"
         )
     return labels.long()
+
+
+def _sync_sum(stats: Tensor, device: torch.device) -> Tensor:
+    """``stats`` on ``device``, summed over the ranks when ``torch.distributed`` runs with more than one."""
+    stats = stats.to(device=device, dtype=torch.float32)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+    return stats
 
 
 def _normalise_mean_one(w: Tensor) -> Tensor:
@@ -120,18 +129,19 @@ class DistributionDifficultyWeights(nn.Module):
 
         ``update_difficulty=False`` updates only the frequencies - for DHC's variant that counts the argmax
         pseudo-labels of unlabelled data (pass ``probs.argmax(1)`` as ``labels``).
+
+        Under ``torch.distributed`` (DDP) the batch statistics are summed over all ranks before they are folded
+        in, so every rank holds the same buffers and uses the same weights: the statistics of the global batch,
+        as in single-process training. Every rank must call ``update`` equally often (the trainers do, once per
+        step).
         """
         k = self.num_classes
         if probs.shape[1] != k:
             raise ValueError(f"probs have {probs.shape[1]} channels, expected num_classes={k}")
-        lab = _flat_labels(labels, probs).reshape(-1)
-        valid = (lab >= 0) & (lab < k)
-        lab_v = lab[valid]
-        if lab_v.numel() == 0:
+        counts, inter, pred_counts, totals = _sync_sum(self._batch_statistics(probs, labels), self.frequency.device)
+        if float(totals.max()) <= 0:  # the same on every rank after the sum: no rank skips a later collective
             return
-        dev = self.frequency.device
-        counts = torch.bincount(lab_v, minlength=k)[:k].to(dev).float()
-        freq = counts / counts.sum()
+        freq = counts / totals.clamp_min(1)
         if int(self.num_updates) == 0:
             self.frequency.copy_(freq)
         else:
@@ -139,9 +149,6 @@ class DistributionDifficultyWeights(nn.Module):
         self.num_updates.add_(1)
         if not update_difficulty:
             return
-        pred = probs.argmax(1).reshape(-1)[valid]
-        inter = torch.bincount(lab_v[pred == lab_v], minlength=k)[:k].to(dev).float()
-        pred_counts = torch.bincount(pred, minlength=k)[:k].to(dev).float()
         dice = 2 * inter / (counts + pred_counts).clamp_min(1)
         present = counts > 0
         step = present & self.seen
@@ -158,6 +165,20 @@ class DistributionDifficultyWeights(nn.Module):
         self.one_minus_dice.copy_(torch.where(first, 1 - dice, torch.where(step, ema_u, self.one_minus_dice)))
         self.last_dice.copy_(torch.where(present, dice, self.last_dice))
         self.seen.logical_or_(present)
+
+    def _batch_statistics(self, probs: Tensor, labels: Tensor) -> Tensor:
+        """``(4, K)`` float: per class the label voxel count, hard true positives, predicted voxel count, and
+        the number of labelled voxels the count is taken over (the same in every column here). Labels outside
+        ``[0, K)`` (``-1``, the ignore label) are left out before anything is indexed with them."""
+        k = self.num_classes
+        lab = _flat_labels(labels, probs).reshape(-1)
+        valid = (lab >= 0) & (lab < k)
+        lab_v = lab[valid]
+        pred = probs.argmax(1).reshape(-1)[valid]
+        counts = torch.bincount(lab_v, minlength=k)[:k].float()
+        inter = torch.bincount(lab_v[pred == lab_v], minlength=k)[:k].float()
+        pred_counts = torch.bincount(pred, minlength=k)[:k].float()
+        return torch.stack((counts, inter, pred_counts, torch.full_like(counts, float(lab_v.numel()))))
 
     def distribution_weights(self) -> Tensor:
         """DistDW, in ``[dist_floor, 1]`` before normalisation (all ones while frequencies are equal)."""
@@ -261,6 +282,30 @@ class _StatelessBalance(nn.Module):
         return torch.ones(self.num_classes)
 
 
+def hard_voxel_group_mean(values: Tensor, groups: Tensor, num_groups: int, topk_ratio: float, gamma: float
+                          ) -> tuple[Tensor, Tensor]:
+    """GALoss-style hard-voxel mean (see :class:`GALossStyleHardVoxelLoss`): per present group the
+    ``ceil(topk_ratio * n_g)`` largest ``values``, ``1/|P| sum_g sum_hard values / (n'_g^(1-gamma) nbar^gamma)``.
+
+    ``values`` and ``groups`` (integers in ``[0, num_groups)``) are flat and already restricted to valid voxels
+    (non-empty). Returns ``(loss, present)`` with ``present`` the ``(num_groups,)`` bool mask of groups seen."""
+    # each group's voxels contiguous, hardest first: sort by value (descending), then stably by group
+    by_value = torch.argsort(values.detach(), descending=True)
+    order = by_value[torch.sort(groups[by_value], stable=True).indices]
+    grp_s, val_s = groups[order], values[order]
+    counts = torch.bincount(grp_s, minlength=num_groups)[:num_groups]
+    present = counts > 0
+    keep_n = torch.where(present, (counts.float() * topk_ratio).ceil().clamp_min(1), 0.0)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(grp_s.numel(), device=grp_s.device) - starts[grp_s]
+    keep = rank < keep_n[grp_s]
+    per_group = torch.zeros(num_groups, device=values.device, dtype=val_s.dtype).index_add(
+        0, grp_s[keep], val_s[keep])
+    n_keep = keep_n[present]
+    norm = n_keep.pow(1 - gamma) * n_keep.mean().pow(gamma)
+    return (per_group[present] / norm).sum() / present.sum(), present
+
+
 class GALossStyleHardVoxelLoss(_StatelessBalance):
     """Hard-voxel cross-entropy with per-class normalisation, after GALoss (GACE + GADice).
 
@@ -300,21 +345,7 @@ class GALossStyleHardVoxelLoss(_StatelessBalance):
         lab_v, ce_v = lab.reshape(-1)[flat_valid], ce[flat_valid]
         if lab_v.numel() == 0:
             return x.sum() * 0.0
-        # each class's voxels contiguous, hardest first: sort by CE (descending), then stably by class
-        by_ce = torch.argsort(ce_v.detach(), descending=True)
-        order = by_ce[torch.sort(lab_v[by_ce], stable=True).indices]
-        lab_s, ce_s = lab_v[order], ce_v[order]
-        counts = torch.bincount(lab_s, minlength=k)[:k]
-        present = counts > 0
-        keep_n = torch.where(present, (counts.float() * self.topk_ratio).ceil().clamp_min(1), 0.0)
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(lab_s.numel(), device=lab_s.device) - starts[lab_s]
-        keep = rank < keep_n[lab_s]
-        per_class = torch.zeros(k, device=x.device, dtype=ce_s.dtype).index_add(0, lab_s[keep], ce_s[keep])
-        n_keep = keep_n[present]
-        nbar = n_keep.mean()
-        norm = n_keep.pow(1 - self.gamma) * nbar.pow(self.gamma)
-        loss = (per_class[present] / norm).sum() / present.sum()
+        loss, present = hard_voxel_group_mean(ce_v, lab_v, k, self.topk_ratio, self.gamma)
         if self.absent_class_weight and bool((~present).any()):
             p = torch.softmax(x, dim=1).movedim(1, -1).reshape(-1, k)[flat_valid]
             absent_term = p[:, ~present].pow(2).mean(0).sum() / k
@@ -378,9 +409,16 @@ _WEIGHT_KW = ("momentum", "mode", "difficulty_momentum", "difficulty_power", "di
 _LOSS_KW = ("ce_weight", "dice_weight", "smooth", "batch_dice")
 
 
-def build_class_balance(name: str, num_classes: int, **kw) -> nn.Module:
+def build_class_balance(name: str, num_classes: int, regions: bool = False, **kw) -> nn.Module:
     """The class-balance module by name: ``dhc`` (``mode`` = ``both`` | ``dist`` | ``diff``), ``dhc_dist``,
-    ``dhc_diff``, ``galoss`` or ``none``. Keyword arguments go to the matching constructor(s)."""
+    ``dhc_diff``, ``galoss`` or ``none``. Keyword arguments go to the matching constructor(s).
+
+    ``regions=True``: the versions for nnU-Net's sigmoid regions (``losses/region_balance.py``), same names,
+    same interface, labels ``(B, R, *spatial)`` 0/1 with ``-1`` for ignored voxels."""
+    if regions:
+        from nnunet_llmseg.losses.region_balance import build_region_balance
+
+        return build_region_balance(name, num_classes, **kw)
     key = name.strip().lower()
     if key in ("dhc_dist", "dhc_diff"):
         if "mode" in kw:

@@ -19,12 +19,14 @@ ramp-up). A teacher that segments nothing teaches nothing; as it learns the labe
 count more. Batches without foreground leave ``r`` unchanged. Region-based outputs (sigmoid) use
 ``sigmoid > 0.5`` per region; voxels of nnU-Net's ``ignore`` label are left out.
 
-The statistics are buffers of the twin network, so nnU-Net's checkpoint (and a resume) carries them.
+The statistics are buffers of the twin network, so nnU-Net's checkpoint (and a resume) carries them. Under DDP
+each step's Dice is averaged over the ranks before it is folded in, so all ranks hold the same reliabilities.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 
@@ -81,6 +83,12 @@ class TeacherReliability(nn.Module):
                ignore_label: int | None = None) -> Tensor:
         """Fold network ``index``'s labelled-batch Dice into its reliability; return the new value (a 0-d tensor)."""
         dice = hard_foreground_dice(logits.detach(), target, has_regions, ignore_label)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # DDP: the mean over the ranks that saw foreground, so every rank gates with the same value
+            stats = torch.stack((dice.float() if dice is not None else torch.zeros(()),
+                                 torch.ones(()) if dice is not None else torch.zeros(()))).to(self.reliability.device)
+            dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+            dice = stats[0] / stats[1] if float(stats[1]) > 0 else None
         if dice is not None:
             r = self.reliability[index]
             self.reliability[index] = self.momentum * r + (1 - self.momentum) * dice.to(r.device, r.dtype)

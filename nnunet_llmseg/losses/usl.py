@@ -20,6 +20,10 @@ Optional negative learning (off by default; TraCoCo's "negative" branch, Kim et 
 over those pairs and weighted by ``negative_weight``:
 
     L = L_USL + negative_weight * mean_{(k, v): p_t[k, v] < negative_tau} -log(1 - p_s[k, v])
+
+Region-based datasets (``regions=True``, nnU-Net's sigmoid outputs): the same loss per (region, voxel) pair as a
+two-outcome problem, ``c = max(p_t, 1 - p_t)``, ``y = [p_t >= 0.5]``, BCE where confident and ``(p_s - p_t)^2``
+where not (``losses/regions.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from nnunet_llmseg.losses.regions import region_usl
 
 
 def _voxel_mask(mask: Tensor | None, like: Tensor) -> Tensor:
@@ -74,6 +80,7 @@ class UnifiedSegmentationLoss(nn.Module):
         negative_learning: bool = False,
         negative_tau: float = 0.05,
         negative_weight: float = 1.0,
+        regions: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= tau <= 1.0:
@@ -82,10 +89,15 @@ class UnifiedSegmentationLoss(nn.Module):
         self.negative_learning = negative_learning
         self.negative_tau = negative_tau
         self.negative_weight = negative_weight
+        #: sigmoid regions (per-region Bernoulli) instead of softmax classes
+        self.regions = regions
 
     def forward(
         self, student_logits: Tensor, peer_logits: Tensor, mask: Tensor | None = None
     ) -> tuple[Tensor, dict]:
+        if self.regions:
+            return region_usl(student_logits, peer_logits, mask, self.tau, self.negative_learning,
+                              self.negative_tau, self.negative_weight)
         p_t, conf, hard, valid, n = peer_targets(student_logits, peer_logits, mask)
         confident = (conf >= self.tau) & valid
         unconfident = valid & ~confident

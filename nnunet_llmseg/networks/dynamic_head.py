@@ -12,7 +12,7 @@ For sample ``b`` and class ``k`` (``L`` layers, hidden width ``H``):
 
 ``g_b`` is a global image feature (the caller pools encoder stages), ``text_k`` the class's text embedding
 (TAK: shape and location embeddings concatenated by the caller). ``theta_bk`` is split in layer order into
-each layer's weight (out x in, row-major) and bias. All ``B x K`` heads run at once: one einsum per layer, no
+each layer's weight (out x in, row-major) and bias. All ``B x K`` heads run at once: one batched matmul per layer, no
 Python loop over samples or classes.
 
 Why it is built this way (issue 11's diagnosis of TAK's collapse to background, docs/methods.md):
@@ -133,13 +133,18 @@ class TextDrivenDynamicHead(nn.Module):
             )
         spatial = features.shape[2:]
         params = self.generate_params(global_feature, class_text)
+        k = self.num_classes
         x = features.reshape(b, c, -1)  # (B, F, V), shared by all K heads: no copy per class
+        # one batched matmul per layer with the bias fused in (baddbmm) and the ReLU in place: the head runs at
+        # full resolution, where a separate bias pass and a new tensor per ReLU cost as much as the matmul
         w0, b0 = params[0]
-        h = torch.einsum("bkoc,bcv->bkov", w0.to(x.dtype), x) + b0[..., None].to(x.dtype)
+        out0 = w0.shape[2]
+        h = torch.baddbmm(b0.reshape(b, k * out0, 1).to(x.dtype), w0.reshape(b, k * out0, c).to(x.dtype), x)
         for w, bias in params[1:]:
-            h = torch.relu(h)
-            h = torch.einsum("bkoc,bkcv->bkov", w.to(h.dtype), h) + bias[..., None].to(h.dtype)
-        return h[:, :, 0].reshape(b, self.num_classes, *spatial)
+            out_c, in_c = w.shape[2:]
+            h = torch.baddbmm(bias.reshape(b * k, out_c, 1).to(h.dtype), w.reshape(b * k, out_c, in_c).to(h.dtype),
+                              h.relu_().reshape(b * k, in_c, -1))
+        return h.reshape(b, k, *spatial)
 
     def reference_forward(self, features: Tensor, global_feature: Tensor, class_text: Tensor) -> Tensor:
         """The same head as an explicit loop of per-sample, per-class 1x1 convolutions (tests only)."""

@@ -176,6 +176,9 @@ class TwinNetwork(nn.Module):
         self.net_b = net_b
         self.predict_networks = predict_networks
         self.has_regions = has_regions
+        if predict_networks != "both":  # say so: the user chose half the inference cost
+            print(f"nnunet-llmseg: {PREDICT_NETWORKS_ENV}={predict_networks}: predictions use network "
+                  f"{predict_networks} only")
 
     @property
     def decoder(self) -> nn.Module:  # pragma: no cover - use set_deep_supervision

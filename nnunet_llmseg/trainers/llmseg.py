@@ -42,7 +42,8 @@ class nnUNetTrainerLLMSeg(nnUNetTrainerCoTraining):
         return TwinNetwork(one(), one(), predict_networks_from_env(), has_regions=twin_has_regions(plans_manager))
 
     def _build_unsupervised_loss(self) -> nn.Module:
-        return UnifiedSegmentationLoss(tau=self.usl_tau, negative_learning=self.usl_negative_learning)
+        return UnifiedSegmentationLoss(tau=self.usl_tau, negative_learning=self.usl_negative_learning,
+                                       regions=self.label_manager.has_regions)
 
     def gate_value(self) -> float:
         twin = unwrap(self.network)

@@ -39,6 +39,7 @@ from nnunet_llmseg.data.unlabeled_preprocessing import (
 )
 from nnunet_llmseg.losses.cps import CrossPseudoSupervisionLoss
 from nnunet_llmseg.networks.text_unets import TwinNetwork, predict_networks_from_env
+from nnunet_llmseg.trainers.pretrained import describe, install_pretrained_hook, load_pretrained_into_twin
 from nnunet_llmseg.trainers.progress import SemiSupervisedLocalLogger
 from nnunet_llmseg.trainers.text_priors import load_text_spec, stacked_rows
 
@@ -84,6 +85,17 @@ class nnUNetTrainerLabelledOnly(nnUNetTrainer):
                 self.dataset_class(self.preprocessed_dataset_folder, val_keys, **kw))
 
 
+def cascade_refusal(trainer_name: str, configuration: str, previous_stage: str) -> str:
+    """Why the semi-supervised trainers do not train a cascade stage, and what to do instead."""
+    return (
+        f"{trainer_name} cannot train the cascade configuration '{configuration}': its network takes the "
+        f"'{previous_stage}' model's segmentation as extra input channels, and nnU-Net produces those only for "
+        "labelled cases (predicted_next_stage, from the previous stage's cross-validation). There are none for the "
+        "unlabelled images, so the unlabelled half of every batch would have no input for those channels. Train "
+        f"{trainer_name} on 3d_fullres, 3d_lowres or 2d (and combine them with nnUNetv2_find_best_configuration / "
+        f"nnUNetv2_ensemble), or train the cascade with nnUNetTrainer / nnUNetTrainerLabelledOnly.")
+
+
 class DualBatchLoader:
     """Yields nnU-Net's labelled batch with the unlabelled batch added under ``data_u`` (two augmenters)."""
 
@@ -127,6 +139,9 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_cascaded:
+            raise RuntimeError(cascade_refusal(self.__class__.__name__, configuration,
+                                               self.configuration_manager.previous_stage_name))
         self.unlabeled_batch_size: int | None = None
         self.unlabeled_train_keys: list[str] = []
         self.logger.local_logger = SemiSupervisedLocalLogger()
@@ -230,6 +245,8 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         self.priors, self.prior_rows = (None, None)
         if self.use_text:
             self.priors, self.prior_rows = load_text_spec(self)
+        # nnUNetv2_train -pretrained_weights: initialise both networks from a plain nnU-Net checkpoint
+        install_pretrained_hook(self)
 
     def initialize(self) -> None:
         super().initialize()
@@ -240,9 +257,17 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
             for net in (twin.net_a, twin.net_b):
                 net.text_embeddings.copy_(text)
 
+    def load_pretrained_weights(self, fname: str) -> dict:
+        """``-pretrained_weights``: both networks' U-Nets from a plain nnU-Net checkpoint (trainers/pretrained.py)."""
+        if not self.was_initialized:
+            self.initialize()
+        report = load_pretrained_into_twin(unwrap(self.network), fname)
+        self.print_to_log_file(describe(report, fname), also_print_to_console=True)
+        return report
+
     def _build_unsupervised_loss(self) -> nn.Module:
         """Plain cross pseudo-supervision (Chen et al. 2021); method trainers override this."""
-        return CrossPseudoSupervisionLoss()
+        return CrossPseudoSupervisionLoss(regions=self.label_manager.has_regions)
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,

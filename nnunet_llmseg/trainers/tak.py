@@ -24,6 +24,7 @@ from torch import nn
 from nnunet_llmseg.data import mixing
 from nnunet_llmseg.losses.class_balance import build_class_balance
 from nnunet_llmseg.losses.contrastive import TextAnchoredContrastiveLoss, sample_class_voxels
+from nnunet_llmseg.losses.regions import OutputSpace
 from nnunet_llmseg.networks.text_unets import TextDrivenUNet, TwinNetwork, predict_networks_from_env
 from nnunet_llmseg.trainers.semi_supervised import _full_res, _take, nnUNetTrainerCoTraining, twin_has_regions, unwrap
 from nnunet_llmseg.trainers.text_priors import text_spec_from_plans
@@ -53,9 +54,8 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.return_features = True
-        if self.label_manager.has_regions and self.use_contrast:
-            self.print_to_log_file("Region-based labels: contrastive alignment disabled (regions overlap).")
-            self.use_contrast = False
+        #: softmax classes or sigmoid regions, and the ignore label (losses/regions.py)
+        self.outputs = OutputSpace.from_label_manager(self.label_manager)
         self.contrastive = TextAnchoredContrastiveLoss(self.contrast_temperature)
 
     @classmethod
@@ -70,12 +70,12 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
             return TextDrivenUNet(unet, num_output_channels, spec["text_dim"], use_text=cls.use_text,
                                   contrast_dim=cls.contrast_dim if cls.use_contrast else 0)
 
+        regions = twin_has_regions(plans_manager)
         balance = nn.ModuleDict({
-            "a": build_class_balance(cls._balance_kind("a"), num_output_channels),
-            "b": build_class_balance(cls._balance_kind("b"), num_output_channels),
+            "a": build_class_balance(cls._balance_kind("a"), num_output_channels, regions=regions),
+            "b": build_class_balance(cls._balance_kind("b"), num_output_channels, regions=regions),
         })
-        return TwinNetwork(one(), one(), predict_networks_from_env(), has_regions=twin_has_regions(plans_manager),
-                           training_state=balance)
+        return TwinNetwork(one(), one(), predict_networks_from_env(), has_regions=regions, training_state=balance)
 
     @classmethod
     def _balance_kind(cls, net: str) -> str:
@@ -102,12 +102,13 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         balance = twin.training_state
         sup = self.loss(_take(logits_a, 0, n_l), y_l) + self.loss(_take(logits_b, 0, n_l), y_l)
 
+        out = self.outputs  # softmax labels or sigmoid regions; the ignore label becomes -1
         la, lb = _full_res(logits_a).float(), _full_res(logits_b).float()
-        y_full = (y_l[0] if isinstance(y_l, (list, tuple)) else y_l)[:, 0].long()
+        y_full = out.target_labels(y_l[0] if isinstance(y_l, (list, tuple)) else y_l)
         rel_a, rel_b = self.teacher_reliabilities(la[:n_l], lb[:n_l], y_l)
         with torch.no_grad():
-            balance["a"].update(torch.softmax(la[:n_l], 1), y_full)
-            balance["b"].update(torch.softmax(lb[:n_l], 1), y_full)
+            balance["a"].update(out.probs(la[:n_l]), y_full)
+            balance["b"].update(out.probs(lb[:n_l]), y_full)
         bal_sup = balance["a"](la[:n_l], y_full) + balance["b"](lb[:n_l], y_full)
 
         # cross pseudo-supervision on the mixed view, with the same class-balance terms
@@ -115,8 +116,8 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         a_mixed = mixing.mix(la[n_l:], pool_a[partner], mask)
         b_mixed = lb[n_l:]
         with torch.no_grad():
-            prob_from_a = torch.softmax(a_mixed.detach(), 1)
-            prob_from_b = torch.softmax(b_mixed.detach(), 1)
+            prob_from_a = out.probs(a_mixed.detach())
+            prob_from_b = out.probs(b_mixed.detach())
             plab_from_a = self._confident_labels(prob_from_a)
             plab_from_b = self._confident_labels(prob_from_b)
         unsup_b = balance["b"].pseudo_label_loss(b_mixed, plab_from_a)  # A teaches B
@@ -136,43 +137,49 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         w = self.unsup_weight()
         gated = rel_a * unsup_b + rel_b * unsup_a
         total = sup + self.balance_weight * bal_sup + w * gated + self.contrast_weight * contrast
+        if self.is_ddp:  # DDP wants a gradient for every parameter: add the idle ones with weight 0
+            total = total + _zero_touch(twin, total)
         return {"loss": total, "sup_loss": (sup + self.balance_weight * bal_sup).detach(),
                 "unsup_loss": unsup.detach(), "unsup_weight": w, "reliability": 0.5 * (rel_a + rel_b),
                 "confident_fraction": confident.detach(), "contrast_loss": contrast.detach()}
 
     def _confident_labels(self, prob: torch.Tensor) -> torch.Tensor:
-        """The peer's argmax, ``-1`` (ignored) where its max probability is below ``pseudo_label_threshold``."""
-        conf, hard = prob.max(1)
-        return hard.masked_fill(conf < self.pseudo_label_threshold, -1)
+        """The peer's argmax, ``-1`` (ignored) where its max probability is below ``pseudo_label_threshold``.
+        Regions: ``p >= 0.5`` per region, ``-1`` where ``max(p, 1 - p)`` is below the threshold."""
+        out = self.outputs
+        return out.hard_labels(prob).masked_fill(out.confidence(prob) < self.pseudo_label_threshold, -1)
 
     def _entropy_threshold(self) -> float:
         start, end = self.entropy_threshold
         return start + (end - start) * self._progress()
 
-    @staticmethod
-    def _reliable_labels(prob: torch.Tensor, threshold: float) -> torch.Tensor:
-        """Argmax pseudo-labels; voxels whose normalised entropy exceeds ``threshold`` are ignored (-1)."""
-        k = prob.shape[1]
-        entropy = -(prob * torch.log(prob.clamp_min(1e-8))).sum(1) / math.log(max(k, 2))
-        return prob.argmax(1).masked_fill(entropy > threshold, -1)
+    def _reliable_labels(self, prob: torch.Tensor, threshold: float) -> torch.Tensor:
+        """One pseudo-label per voxel (argmax; for regions the innermost region, see ``OutputSpace``); voxels
+        whose normalised entropy exceeds ``threshold`` are ignored (-1)."""
+        out = self.outputs
+        labels = out.voxel_labels(out.hard_labels(prob))
+        return labels.masked_fill(out.normalised_entropy(prob) > threshold, -1)
 
     def _contrast(self, net: nn.Module, feats: list[torch.Tensor], y_l, plab_u: torch.Tensor, n_l: int):
         """Supervised contrastive loss over the finest scales, class texts as extra anchors (TAK's alignment)."""
         targets = y_l if isinstance(y_l, (list, tuple)) else [y_l]
-        k = self.label_manager.num_segmentation_heads
+        out = self.outputs
+        k = out.num_voxel_classes
         anchors = net.text_proj(net.class_text()) if net.text_proj is not None else None
+        anchor_labels = out.anchor_labels(feats[0].device)
         losses = []
         for s, proj in enumerate(net.voxel_proj):
             f = feats[s].float()
-            lab_l = targets[s][:, 0].long() if s < len(targets) else None
-            if lab_l is None:
+            if s >= len(targets):
                 break
+            lab_l = out.voxel_labels(out.target_labels(targets[s]))  # ignore label -> -1, never sampled
             lab_u = F.interpolate(plab_u[:, None].float(), size=f.shape[2:], mode="nearest")[:, 0].long()
             labels = torch.cat((lab_l, lab_u))
             sampled, sampled_labels = sample_class_voxels(f, labels, self.contrast_voxels_per_class, k)
             if sampled.shape[0] == 0:
                 continue
-            losses.append(self.contrastive(proj(sampled), sampled_labels, anchors=anchors))
+            losses.append(self.contrastive(proj(sampled), sampled_labels, anchors=anchors,
+                                           anchor_labels=anchor_labels if anchors is not None else None))
         return torch.stack(losses).mean() if losses else feats[0].new_zeros(())
 
     # ---- logging -------------------------------------------------------------------------------------------
@@ -186,3 +193,17 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         state = unwrap(self.network).training_state
         w = getattr(state["a"], "weights", None)
         return [round(float(x), 4) for x in w().tolist()] if callable(w) else None
+
+
+def _zero_touch(twin: nn.Module, like: torch.Tensor) -> torch.Tensor:
+    """``0 * sum`` of the parameters a step may leave out of the graph - the plain full-resolution segmentation
+    layer that the dynamic head replaces, and the contrastive projections before the contrast starts - so that
+    DDP (``find_unused_parameters=False``, as nnU-Net wraps it) finds a gradient for every parameter."""
+    zero = like.new_zeros(())
+    for net in (twin.net_a, twin.net_b):
+        idle = [net.voxel_proj, net.text_proj] + ([net.unet.decoder.seg_layers[-1]] if net.head is not None else [])
+        for mod in idle:
+            if mod is not None:
+                for p in mod.parameters():
+                    zero = zero + p.sum() * 0.0
+    return zero

@@ -19,7 +19,7 @@ class nnUNetTrainerLLMSeg_noUSL(nnUNetTrainerLLMSeg):
     """LLM-SegNet with plain cross pseudo-supervision instead of the Unified Segmentation Loss."""
 
     def _build_unsupervised_loss(self) -> nn.Module:
-        return CrossPseudoSupervisionLoss()
+        return CrossPseudoSupervisionLoss(regions=self.label_manager.has_regions)
 
 
 class nnUNetTrainerTAK_noText(nnUNetTrainerTAK):
