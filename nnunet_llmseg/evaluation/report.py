@@ -62,8 +62,10 @@ def _jsonable_labels(structures: Mapping[str, tuple[int, ...]]) -> dict[str, int
 def dataset_labels(dataset: str | int) -> tuple[dict[str, int | list[int]], str, int | None, Path]:
     """Foreground labels/regions, file ending, ignore label and path of a dataset's ``dataset.json``.
 
-    ``dataset`` is an id or a ``DatasetXXX_Name``; resolved with nnU-Net's ``maybe_convert_to_dataset_name``
-    and read from ``$nnUNet_raw`` first, then ``$nnUNet_preprocessed`` (it works where only one is present).
+    ``dataset`` is an id or a ``DatasetXXX_Name``, resolved like nnU-Net does
+    (:func:`nnunet_llmseg.cli_errors.dataset_name`), and read from ``$nnUNet_raw`` first, then
+    ``$nnUNet_preprocessed`` (it works where only one is present). An unknown dataset or a missing
+    ``dataset.json`` raise :class:`~nnunet_llmseg.cli_errors.UsageError`.
     """
     from nnunet_llmseg.cli_errors import UsageError, dataset_name
 
