@@ -94,6 +94,7 @@ def test_unlabelled_images_must_match_the_training_images(tiny_dataset, capsys):
     ref_2d = {"n_channels": 1, "file_ending": ".png", "is_2d": True, "spacing_min": [999.0, 1.0, 1.0],
               "spacing_max": [999.0, 1.0, 1.0], "n_cases": 3, "source": "fingerprint"}
     check_image(["slice_0000.png"], (1, 1, 64, 64), [999.0, 1.0, 1.0], ref_2d)  # a 2D image: fine
+    check_image(["slice_0000.nii.gz"], (1, 1, 64, 64), [3.0, 1.0, 1.0], ref_2d)  # a one-slice volume too
     with pytest.raises(UnlabeledImageError, match=r"vol_0000\.png: 3D image \(8 x 64 x 64 voxels\), but the "
                                                   r"training images are 2D"):
         check_image(["vol_0000.png"], (1, 8, 64, 64), [2.0, 1.0, 1.0], ref_2d)

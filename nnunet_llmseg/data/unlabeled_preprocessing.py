@@ -301,7 +301,7 @@ def check_image(files: list[str], data_shape: tuple[int, ...], spacing: list[flo
             f"{files[0]}: 2D image ({size} pixels), but the training images are 3D ({where}); unlabelled "
             "images must be 3D volumes like imagesTr (nnU-Net would resample a 2D slice into 999 slices)"
         )
-    if not image_2d and reference["is_2d"]:
+    if not image_2d and reference["is_2d"] and data_shape[1] != 1:  # a one-slice volume is a 2D image too
         raise UnlabeledImageError(
             f"{files[0]}: 3D image ({size} voxels), but the training images are 2D ({where}); unlabelled "
             "images must be 2D like imagesTr"
@@ -309,7 +309,8 @@ def check_image(files: list[str], data_shape: tuple[int, ...], spacing: list[flo
     lo, hi = reference.get("spacing_min"), reference.get("spacing_max")
     if lo is None or hi is None or len(lo) != len(sp):
         return
-    axes = range(1, len(sp)) if image_2d else range(len(sp))  # the dummy 999 axis of 2D data is not compared
+    # the dummy 999 axis of 2D data (and the slice axis of a one-slice volume in a 2D dataset) is not compared
+    axes = range(1, len(sp)) if image_2d or reference["is_2d"] else range(len(sp))
     for i in axes:
         if not lo[i] / SPACING_FACTOR <= sp[i] <= hi[i] * SPACING_FACTOR:
             raise UnlabeledImageError(
