@@ -70,6 +70,12 @@ def dataset_name(dataset: str | int) -> str:
     return found.pop()
 
 
+def dataset_id(name: str) -> str:
+    """``Dataset004_Hippocampus`` -> ``4``: nnU-Net's planning commands take ``-d`` as an integer only."""
+    digits = name[len("Dataset"):len("Dataset") + 3] if name.startswith("Dataset") else name
+    return str(int(digits)) if digits.isdigit() else name
+
+
 def resolve_dataset(dataset: str | int, folder_variable: str = "nnUNet_preprocessed") -> tuple[str, Path]:
     """(``DatasetXXX_Name``, its folder under ``$folder_variable``) for an id or a name.
 
@@ -80,7 +86,7 @@ def resolve_dataset(dataset: str | int, folder_variable: str = "nnUNet_preproces
     name = dataset_name(dataset)
     folder = root / name
     if not folder.is_dir():
-        hint = (f"run nnUNetv2_plan_and_preprocess -d {str(dataset).strip()}"
+        hint = (f"run nnUNetv2_plan_and_preprocess -d {dataset_id(name)}"
                 if folder_variable == "nnUNet_preprocessed" else f"check ${folder_variable}")
         raise UsageError(f"{folder} does not exist: {hint}")
     return name, folder

@@ -139,11 +139,13 @@ def _label_fix(folder: Path, dataset_json_path: Path | None) -> str:
     from prior_generation.dataset_info import raw_labels_differ
 
     rerun = f"python -m prior_generation -d {folder.name}"
+    number = folder.name[len("Dataset"):len("Dataset") + 3]
+    plan = f"nnUNetv2_plan_and_preprocess -d {int(number) if number.isdigit() else folder.name}"
     edited = raw_labels_differ(folder.name, dataset_json_path) if dataset_json_path is not None else None
     if edited is None:
         return f"Run: {rerun} (it reads the same dataset.json)"
     return (f"{edited} has other labels than that copy (edited after planning?): to train with the edited "
-            f"labels run nnUNetv2_plan_and_preprocess -d {folder.name} (it copies dataset.json), then {rerun}; "
+            f"labels run {plan} (it copies dataset.json), then {rerun}; "
             f"to keep the planned labels just run {rerun}")
 
 

@@ -144,7 +144,7 @@ def test_priors_error_names_the_compared_file_and_a_fix_that_works(tiny_dataset,
     assert f"do not match the labels of {pre / 'dataset.json'}, the copy nnUNetv2_train reads" in msg
     assert "missing from the priors: hippocampus_posterior" in msg
     assert f"{raw / 'dataset.json'} has other labels than that copy" in msg
-    assert f"nnUNetv2_plan_and_preprocess -d {name}" in msg and f"python -m prior_generation -d {name}" in msg
+    assert "nnUNetv2_plan_and_preprocess -d 933 " in msg and f"python -m prior_generation -d {name}" in msg
 
     # the advice works: prior_generation now reads the file the trainer compares with, and says so
     assert load_dataset_classes(933).dataset_json_path == pre / "dataset.json"

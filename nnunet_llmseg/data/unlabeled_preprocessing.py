@@ -515,12 +515,12 @@ def preprocess_unlabeled(
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_llmseg import __version__
-    from nnunet_llmseg.cli_errors import UsageError, resolve_dataset
+    from nnunet_llmseg.cli_errors import UsageError, dataset_id, resolve_dataset
 
     name, base = resolve_dataset(dataset_name_or_id, "nnUNet_preprocessed")
     plans_file = base / f"{plans_identifier}.json"
     if not plans_file.is_file():
-        raise UsageError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset_name_or_id}"
+        raise UsageError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset_id(name)}"
                          + (" (or pass the plans identifier you planned with as -p)"
                             if plans_identifier != "nnUNetPlans" else ""))
     dataset_json = json.loads((base / "dataset.json").read_text())
