@@ -3,6 +3,10 @@
 Each subcommand lives next to the code it drives; a module joins the CLI by exposing
 ``register(subparsers) -> None``, which adds its parser and sets ``func(args) -> int | None``.
 Modules are imported only when listed here, so ``nnunet-llmseg --help`` stays quick.
+
+Expected failures never show a traceback: :func:`main` prints one ``error:`` line and exits with 2 for a command
+that cannot run as typed (:class:`~nnunet_llmseg.cli_errors.UsageError`) and 1 for bad data
+(:func:`data_errors`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import sys
 
 from nnunet_llmseg import __version__
 from nnunet_llmseg._nnunet_env_hook import extend_ext_trainer_variable, shim_folder
+from nnunet_llmseg.cli_errors import UsageError, report
 
 # (module, what it adds) - kept in the order shown by --help
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -59,13 +64,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def data_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions the subcommands raise for inputs they understood but cannot use (exit code 1)."""
+    from nnunet_llmseg.data.labelled_subset import SubsetError
+    from nnunet_llmseg.data.unlabeled_preprocessing import UnlabeledImageError
+    from nnunet_llmseg.evaluation.report import EvaluationError
+    from prior_generation.errors import PriorGenerationError
+    from prior_generation.priors_file import PriorsError
+
+    return (UnlabeledImageError, SubsetError, EvaluationError, PriorsError, PriorGenerationError,
+            FileNotFoundError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        return report(e, 2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except data_errors() as e:
+        return report(e, 1)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,23 @@ DESCRIPTION = (
 )
 
 
+def _number(kind: type, minimum: float, inclusive: bool):
+    """argparse type: ``kind`` >= ``minimum`` (or > when not ``inclusive``), finite."""
+    what = f"{'an integer' if kind is int else 'a number'} {'>=' if inclusive else '>'} {minimum:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (value >= minimum if inclusive else value > minimum) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-d", "--dataset", required=True, help="dataset id (e.g. 4) or full name (Dataset004_Hippocampus)"
@@ -41,10 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"name of the environment variable holding the API key (default {DEFAULT_API_KEY_ENV}); "
         "keys are never accepted on the command line",
     )
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per LLM request (default 60)")
-    p.add_argument("--retries", type=int, default=3, help="retries after network errors/5xx/429 (default 3)")
+    p.add_argument("--timeout", type=_number(float, 0, False), default=60.0,
+                   help="seconds per LLM request, > 0 (default 60)")
+    p.add_argument("--retries", type=_number(int, 0, True), default=3,
+                   help="retries after network errors/5xx/429, >= 0 (default 3)")
     p.add_argument(
-        "--backoff", type=float, default=1.0, help="first retry delay in s, doubled each retry (default 1)"
+        "--backoff", type=_number(float, 0, True), default=1.0,
+        help="first retry delay in s, doubled each retry (default 1)"
     )
     p.add_argument(
         "--self-check",
@@ -79,12 +99,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the pipeline; every expected failure is one ``error:`` line on stderr and exit code 1."""
-    from prior_generation.errors import PriorGenerationError
+    """Run the pipeline; every expected failure is one ``error:`` line on stderr: exit code 2 when the command
+    cannot run as typed (unknown dataset, unset nnU-Net variable), 1 for everything else."""
+    from prior_generation.errors import PriorGenerationError, UsageError
     from prior_generation.priors_file import PriorsError
 
     try:
         return _run(args)
+    except UsageError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     except (PriorGenerationError, PriorsError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
@@ -130,7 +154,8 @@ def _run(args: argparse.Namespace) -> int:
         f"wrote {res.safetensors_path}  ({len(p.class_names)} classes x {p.dim} dims, keys "
         f"{', '.join(p.embeddings)}; encoder {p.encoder})"
     )
-    print(f"wrote {res.json_path}  (content hash {p.content_hash[:19]}...)")
+    print(f"wrote {res.json_path}  (content hash {p.content_hash[:19]}...; labels from "
+          f"{p.meta.get('dataset_json')})")
     print(
         f"wrote {res.texts_path}  (texts from {', '.join(f'{k}: {v}' for k, v in sorted(res.sources.items()))};"
         f" edit it and rerun to change them)"

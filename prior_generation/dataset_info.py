@@ -1,4 +1,11 @@
-"""Find a dataset's ``dataset.json`` and read its classes (``ignore`` excluded) and imaging modality."""
+"""Find a dataset's ``dataset.json`` and read its classes (``ignore`` excluded) and imaging modality.
+
+The labels are read from the same file the trainers check the priors against: the preprocessed copy
+``$nnUNet_preprocessed/<Dataset>/dataset.json`` that ``nnUNetv2_train`` loads. Only a dataset that is not
+planned yet is read from ``$nnUNet_raw``. When the raw file's labels differ from the preprocessed copy (edited
+after planning), :func:`raw_labels_differ` says so: the trainer keeps seeing the copy until the dataset is
+planned again.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from prior_generation.errors import DatasetError
+from prior_generation.errors import DatasetError, DatasetNotFoundError
 
 IGNORE_LABEL = "ignore"
 
@@ -110,16 +117,21 @@ def resolve_dataset_name(dataset: str | int) -> str:
 
     try:
         return maybe_convert_to_dataset_name(int(s) if s.isdigit() else s)
-    except RuntimeError as e:
-        raise DatasetError(
-            f"dataset {s!r} not found in nnUNet_raw/nnUNet_preprocessed/nnUNet_results: {e}"
-        ) from e
+    except (RuntimeError, ValueError) as e:
+        looked = ", ".join(f"${v}={os.environ[v]}" if os.environ.get(v) else f"${v} (not set)"
+                           for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"))
+        if s.isdigit():
+            raise DatasetNotFoundError(
+                f"dataset {s} not found: no Dataset{int(s):03d}_* folder in {looked}") from e
+        raise DatasetNotFoundError(
+            f"-d {s!r}: give a dataset id (e.g. 4) or a full name (Dataset004_Hippocampus)") from e
 
 
 def find_dataset_json(dataset_name: str) -> Path:
-    """``$nnUNet_raw/<name>/dataset.json`` first, else ``$nnUNet_preprocessed/<name>/dataset.json``."""
+    """``$nnUNet_preprocessed/<name>/dataset.json`` (the copy ``nnUNetv2_train`` reads and compares the priors
+    with) when the dataset is planned, else ``$nnUNet_raw/<name>/dataset.json``."""
     tried = []
-    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
+    for var in ("nnUNet_preprocessed", "nnUNet_raw"):
         root = os.environ.get(var)
         if not root:
             tried.append(f"${var} (not set)")
@@ -128,14 +140,29 @@ def find_dataset_json(dataset_name: str) -> Path:
         if p.is_file():
             return p
         tried.append(str(p))
-    raise DatasetError(f"no dataset.json for {dataset_name}; looked in: {'; '.join(tried)}")
+    raise DatasetNotFoundError(f"no dataset.json for {dataset_name}; looked in: {'; '.join(tried)}")
+
+
+def raw_labels_differ(dataset_name: str, used: Path) -> Path | None:
+    """The raw ``dataset.json`` when ``used`` is the preprocessed copy and the raw file's labels differ."""
+    raw_root, pre_root = os.environ.get("nnUNet_raw"), os.environ.get("nnUNet_preprocessed")
+    if not raw_root or not pre_root or used != Path(pre_root) / dataset_name / "dataset.json":
+        return None
+    raw = Path(raw_root) / dataset_name / "dataset.json"
+    try:
+        differ = json.loads(raw.read_text(encoding="utf-8")).get("labels") != \
+            json.loads(used.read_text(encoding="utf-8")).get("labels")
+    except (OSError, ValueError):
+        return None
+    return raw if differ else None
 
 
 def preprocessed_folder(dataset_name: str) -> Path:
     root = os.environ.get("nnUNet_preprocessed")
     if not root:
-        raise DatasetError(
-            "$nnUNet_preprocessed is not set: the priors are written to $nnUNet_preprocessed/<Dataset>"
+        raise DatasetNotFoundError(
+            "$nnUNet_preprocessed is not set: the priors are written to $nnUNet_preprocessed/<Dataset>; "
+            "export nnUNet_preprocessed=/path/to/nnUNet_preprocessed"
         )
     return Path(root) / dataset_name
 

@@ -7,8 +7,16 @@ class PriorGenerationError(RuntimeError):
     """A user-facing failure: the message is one actionable line, printed by the CLI without a traceback."""
 
 
+class UsageError(PriorGenerationError):
+    """The command cannot run as typed: unknown dataset, unset nnU-Net folder variable (exit code 2)."""
+
+
 class DatasetError(PriorGenerationError):
     """dataset.json missing or unusable."""
+
+
+class DatasetNotFoundError(UsageError, DatasetError):
+    """``-d`` names no dataset nnU-Net can find, or the folder variables it needs are not set."""
 
 
 class UnknownClassesError(PriorGenerationError):

@@ -7,7 +7,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prior_generation.dataset_info import DatasetClasses, load_dataset_classes, preprocessed_folder
+from prior_generation.dataset_info import (
+    DatasetClasses,
+    load_dataset_classes,
+    preprocessed_folder,
+    raw_labels_differ,
+)
 from prior_generation.encoders import DEFAULT_ENCODER, create_encoder
 from prior_generation.llm import GeneratedText, LLMBackend
 from prior_generation.names import apply_label_map, readable_name
@@ -83,6 +88,16 @@ def generate_priors(
 ) -> GenerationResult:
     classes = load_dataset_classes(dataset)
     out = Path(output_folder) if output_folder else preprocessed_folder(classes.dataset_name)
+    if classes.dataset_json_path is not None:
+        edited = raw_labels_differ(classes.dataset_name, classes.dataset_json_path)
+        if edited is not None:
+            print(
+                f"warning: the labels in {edited} differ from {classes.dataset_json_path}, which nnUNetv2_train "
+                f"reads; these priors follow {classes.dataset_json_path}. To use the edited labels, run "
+                f"nnUNetv2_plan_and_preprocess for {classes.dataset_name} again (it copies dataset.json), "
+                "then this command",
+                file=sys.stderr,
+            )
     texts_path = out / TEXTS_NAME
     requests = build_requests(classes, label_map)
 

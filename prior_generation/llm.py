@@ -195,6 +195,10 @@ class OpenAIChatBackend(LLMBackend):
     ) -> None:
         import openai
 
+        if not (float(timeout) > 0 and int(retries) >= 0 and float(backoff_s) >= 0):
+            raise ValueError(
+                f"timeout must be > 0 s, retries >= 0 and backoff_s >= 0 (got {timeout}, {retries}, {backoff_s})"
+            )
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", api_key_env or ""):
             # never echo the value: a key pasted here by mistake must not reach logs
             raise MissingAPIKeyError(
@@ -211,7 +215,7 @@ class OpenAIChatBackend(LLMBackend):
         self.model = model
         self.api_key_env = api_key_env
         self.timeout = float(timeout)
-        self.retries = max(0, int(retries))
+        self.retries = int(retries)
         self.backoff_s = float(backoff_s)
         self.self_check = bool(self_check)
         self.client = openai.OpenAI(api_key=key, base_url=base_url, timeout=self.timeout, max_retries=0)

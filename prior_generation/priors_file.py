@@ -133,12 +133,34 @@ def _labels_of(dataset_json: dict) -> tuple[list[str], list]:
     return labels_from_dataset_json(dataset_json)
 
 
-def check_labels(priors: TextPriors, dataset_json: dict, folder: Path) -> None:
-    """PriorsError naming missing/extra/changed/reordered labels when dataset.json and the priors disagree."""
+def _label_fix(folder: Path, dataset_json_path: Path | None) -> str:
+    """The command that makes priors and the compared dataset.json agree (and re-planning when the raw
+    dataset.json was edited after planning, since nnUNetv2_train keeps reading the preprocessed copy)."""
+    from prior_generation.dataset_info import raw_labels_differ
+
+    rerun = f"python -m prior_generation -d {folder.name}"
+    number = folder.name[len("Dataset"):len("Dataset") + 3]
+    plan = f"nnUNetv2_plan_and_preprocess -d {int(number) if number.isdigit() else folder.name}"
+    edited = raw_labels_differ(folder.name, dataset_json_path) if dataset_json_path is not None else None
+    if edited is None:
+        return f"Run: {rerun} (it reads the same dataset.json)"
+    return (f"{edited} has other labels than that copy (edited after planning?): to train with the edited "
+            f"labels run {plan} (it copies dataset.json), then {rerun}; "
+            f"to keep the planned labels just run {rerun}")
+
+
+def check_labels(priors: TextPriors, dataset_json: dict, folder: Path,
+                 dataset_json_path: str | Path | None = None) -> None:
+    """PriorsError naming missing/extra/changed/reordered labels when dataset.json and the priors disagree.
+
+    ``dataset_json_path``: the file ``dataset_json`` was read from; the message names it and, when it is the
+    preprocessed copy and the raw ``dataset.json`` differs, says to plan again.
+    """
+    where = Path(dataset_json_path) if dataset_json_path is not None else None
     try:
         names, values = _labels_of(dataset_json)
     except Exception as e:
-        raise PriorsError(f"cannot read labels of the given dataset.json: {e}") from None
+        raise PriorsError(f"cannot read labels of {where or 'the given dataset.json'}: {e}") from None
     want = dict(zip(names, values))
     have = dict(zip(priors.class_names, priors.label_values))
     missing = [n for n in names if n not in have]
@@ -154,14 +176,17 @@ def check_labels(priors: TextPriors, dataset_json: dict, folder: Path) -> None:
     if not problems and names != priors.class_names:
         problems.append(f"label order differs ({names} vs {priors.class_names})")
     if problems:
+        compared = f"{where}, the copy nnUNetv2_train reads" if where is not None else "dataset.json"
         raise PriorsError(
-            f"text priors in {folder} do not match dataset.json labels ({'; '.join(problems)}). "
-            f"{_rerun(folder)}"
+            f"text priors in {folder} do not match the labels of {compared} ({'; '.join(problems)}). "
+            f"{_label_fix(folder, where)}"
         )
 
 
-def load_priors(preprocessed_dataset_folder: str | Path, dataset_json: dict | None = None) -> TextPriors:
-    """Read and verify the priors; with ``dataset_json``, also check they were made for its labels."""
+def load_priors(preprocessed_dataset_folder: str | Path, dataset_json: dict | None = None,
+                dataset_json_path: str | Path | None = None) -> TextPriors:
+    """Read and verify the priors; with ``dataset_json``, also check they were made for its labels
+    (``dataset_json_path``: the file it was read from, named in the error)."""
     from safetensors import safe_open
 
     folder = Path(preprocessed_dataset_folder)
@@ -199,7 +224,7 @@ def load_priors(preprocessed_dataset_folder: str | Path, dataset_json: dict | No
             f"{st_path}: content does not match its hash (file edited or corrupt). {_rerun(folder)}"
         )
     if dataset_json is not None:
-        check_labels(priors, dataset_json, folder)
+        check_labels(priors, dataset_json, folder, dataset_json_path)
     return priors
 
 

@@ -270,13 +270,16 @@ def test_cli_end_to_end_with_dataset_labels(tmp_path, nnunet_env):
     assert "head: 1 case(s)" in table
     assert any(line.startswith("mean ") for line in table.splitlines())
 
-    data = strict_json(pred_dir / "llmseg_evaluation.json")
+    written = [Path(line[len("wrote "):]) for line in table.splitlines() if line.startswith("wrote ")]
+    assert [w.suffix for w in written] == [".json", ".csv"]
+    assert all(w.parent == nnunet_env.results / "llmseg_evaluation" for w in written), "never into -pred"
+    data = strict_json(written[0])
     assert data["labels"] == {"body": 1, "head": 2} and data["n_cases"] == 3
     assert data["summary"]["per_class"]["body"]["hd95"]["mean"] == pytest.approx(2.5, rel=1e-6)
     assert data["summary"]["per_class"]["head"]["n_excluded_distance"] == 1
     assert data["spacing"]["distinct_spacings_zyx"] == [pytest.approx(list(ANISO_ZYX))]
     assert "asd(pred, ref" in data["conventions"]["asd"]
-    rows = list(csv.DictReader((pred_dir / "llmseg_evaluation.csv").open()))
+    rows = list(csv.DictReader(written[1].open()))
     assert sum(r["row_type"] == "case" for r in rows) == 6
     overall = next(r for r in rows if r["row_type"] == "mean" and r["class"] == "overall")
     assert float(overall["dice"]) == pytest.approx(data["summary"]["overall"]["dice"]["mean"], rel=1e-5)

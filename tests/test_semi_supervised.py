@@ -222,7 +222,7 @@ def test_trainers_refuse_missing_or_mismatched_priors(tiny_dataset, semi):
     with pytest.raises(PriorsError, match=r"missing from the priors: hippocampus_posterior.*prior_generation"):
         build_trainer("nnUNetTrainerTAK", name, pre)
     renamed = dict(dj, labels={"background": 0, "hippocampus_anterior": 1, "tail": 2})
-    with pytest.raises(PriorsError, match=r"do not match dataset.json labels"):
+    with pytest.raises(PriorsError, match=r"do not match the labels of .*dataset\.json, the copy nnUNetv2_train"):
         build_trainer("nnUNetTrainerLLMSeg", semi["name"], semi["pre"], dataset_json=renamed)
 
 

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -157,8 +156,7 @@ def create_labelled_subset(
     seed is a no-op (the existing file is returned unchanged); a different rule needs ``overwrite=True``
     because models trained on the old subset would no longer match it.
     """
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunet_llmseg.cli_errors import resolve_dataset
 
     given = [n for n, v in (("count", count), ("fraction", fraction), ("cases", cases)) if v is not None]
     if len(given) != 1:
@@ -166,9 +164,7 @@ def create_labelled_subset(
             "give exactly one of count, fraction or cases"
             + (f" (got {' and '.join(given)})" if given else "")
         )
-    if nnUNet_preprocessed is None:
-        raise SubsetError("nnUNet_preprocessed is not set")
-    base = Path(nnUNet_preprocessed) / maybe_convert_to_dataset_name(dataset_name_or_id)
+    _name, base = resolve_dataset(dataset_name_or_id, "nnUNet_preprocessed")  # UsageError: one line, exit 2
     train, val, source = fold_keys(base, fold, configuration, plans_identifier)
     labelled, rule = _choose(train, fold, count, fraction, cases, val, seed)
     if not labelled:
@@ -271,25 +267,23 @@ def split_training_keys(tr_keys: list[str], subset: dict | None) -> tuple[list[s
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        create_labelled_subset(
-            args.d,
-            args.f,
-            count=args.count,
-            fraction=args.fraction,
-            cases=args.cases,
-            seed=args.seed,
-            configuration=args.c,
-            plans_identifier=args.p,
-            overwrite=args.overwrite,
-        )
-    except SubsetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    create_labelled_subset(  # SubsetError / UsageError: one `error:` line (nnunet_llmseg.cli.main)
+        args.d,
+        args.f,
+        count=args.count,
+        fraction=args.fraction,
+        cases=args.cases,
+        seed=args.seed,
+        configuration=args.c,
+        plans_identifier=args.p,
+        overwrite=args.overwrite,
+    )
     return 0
 
 
 def register(subparsers) -> None:
+    from nnunet_llmseg.cli_errors import non_negative_int
+
     p = subparsers.add_parser(
         "subset",
         help="choose which training cases of a fold keep their labels",
@@ -299,7 +293,7 @@ def register(subparsers) -> None:
         "cases are untouched.",
     )
     p.add_argument("-d", required=True, help="dataset id or name")
-    p.add_argument("-f", type=int, required=True, help="fold (as in nnUNetv2_train)")
+    p.add_argument("-f", type=non_negative_int, required=True, help="fold (as in nnUNetv2_train)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--count", type=int, help="number of labelled cases")
     g.add_argument("--fraction", type=float, help="share of the fold's training cases, rounded down")

@@ -26,6 +26,7 @@ from batchgenerators.dataloading.data_loader import DataLoader
 from threadpoolctl import threadpool_limits
 
 from nnunet_llmseg.data.unlabeled_preprocessing import MARKER, read_marker
+from nnunet_llmseg.data.worker_guard import exit_with_parent
 
 
 def _open_array(path: Path, member: str = "data"):
@@ -216,6 +217,9 @@ class UnlabeledDataLoader(DataLoader):
     used as unlabelled (whose ``_seg`` file, where nnU-Net keeps that mask, must not be read) get it from the
     image itself: nnU-Net's masked z-score leaves the outside exactly 0, so ``image == 0`` in all masked
     channels marks it.
+
+    An augmenter worker drawing from this loader exits when the process that built the loader dies, even by
+    ``kill -9`` (:func:`~nnunet_llmseg.data.worker_guard.exit_with_parent`).
     """
 
     def __init__(
@@ -259,6 +263,7 @@ class UnlabeledDataLoader(DataLoader):
         )
         self._rng: np.random.Generator | None = None
         self._rng_owner: tuple[int, int] | None = None
+        self._parent_pid = os.getpid()  # an augmenter worker drawing from this loader exits when it dies
 
     @property
     def rng(self) -> np.random.Generator:
@@ -294,6 +299,7 @@ class UnlabeledDataLoader(DataLoader):
         return img[tuple(slices)]
 
     def generate_train_batch(self) -> dict:
+        exit_with_parent(self._parent_pid)  # no-op in the trainer's own process and after the first batch
         keys = self.get_indices()
         images = None
         with torch.no_grad(), threadpool_limits(limits=1, user_api=None):

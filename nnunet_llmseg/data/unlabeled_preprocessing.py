@@ -15,6 +15,11 @@ configuration's folder, never mixed into it (nnU-Net infers its case list from t
 - ``_complete.json``: marker with the plans hash, configuration, case list, raw file fingerprints and
   versions.
 
+Every image is checked against the training images before it is preprocessed (:func:`check_image`): one
+volume per channel file, the same dimensionality (a 2D slice in a 3D dataset would otherwise be resampled into
+999 slices of nonsense), and a voxel spacing within a factor of :data:`SPACING_FACTOR` of the training images'
+range (``dataset_fingerprint.json``). A failed check names the file and what was expected.
+
 The folder is written under a temporary name and renamed into place at the end (the previous complete folder
 is kept until then), every file is written under a temporary name and renamed, and a lock file serialises
 concurrent runs (e.g. two trainers starting at once), so a failure never leaves a half-written folder.
@@ -28,7 +33,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +40,12 @@ from pathlib import Path
 import numpy as np
 
 MARKER = "_complete.json"
-MARKER_FORMAT = 1
+#: 2: images are checked against the training images' geometry (folders of format 1 are redone once)
+MARKER_FORMAT = 2
+#: an unlabelled image's spacing may differ from the training images' range by at most this factor per axis
+SPACING_FACTOR = 10.0
+#: nnU-Net's readers give 2D images a dummy first spacing of 999 x the in-plane spacing
+_DUMMY_2D_RATIO = 998.0
 
 
 class UnlabeledImageError(RuntimeError):
@@ -195,6 +204,123 @@ def unlabeled_needs_preprocessing(
     return isinstance(cases, dict) and info.get("raw_files") != _raw_fingerprint(cases)
 
 
+# ---- checks against the training images -------------------------------------------------------------------
+
+
+def _is_dummy_2d(spacing: list[float], shape: tuple[int, ...] | None = None) -> bool:
+    """nnU-Net's readers return 2D images as (C, 1, X, Y) with a first spacing of 999 x the in-plane one."""
+    if len(spacing) != 3 or (shape is not None and shape[0] != 1):
+        return False
+    return float(spacing[0]) >= _DUMMY_2D_RATIO * max(float(s) for s in spacing[1:])
+
+
+def training_reference(preprocessed_dataset_folder_base: str | Path, dataset_json: dict, plans: dict) -> dict:
+    """What an unlabelled image must agree with, from what nnU-Net recorded about the training images.
+
+    ``dataset_fingerprint.json`` (written by ``nnUNetv2_plan_and_preprocess``) holds every training case's
+    spacing in the reader's axis order, the order the unlabelled images are read in. Without it only the
+    dimensionality (from the plans' median spacing) and the channel count are checked.
+    """
+    base = Path(preprocessed_dataset_folder_base)
+    ref = {"n_channels": _num_channels(dataset_json), "file_ending": dataset_json.get("file_ending", ""),
+           "spacing_min": None, "spacing_max": None, "n_cases": None, "source": None}
+    fp_file = base / "dataset_fingerprint.json"
+    spacings = None
+    if fp_file.is_file():
+        try:
+            spacings = [[float(v) for v in s] for s in json.loads(fp_file.read_text())["spacings"]]
+        except (ValueError, KeyError, TypeError):
+            spacings = None
+    if spacings and all(len(s) == len(spacings[0]) for s in spacings):
+        ref["is_2d"] = all(_is_dummy_2d(s) for s in spacings)
+        arr = np.array(spacings)
+        ref.update(spacing_min=arr.min(0).tolist(), spacing_max=arr.max(0).tolist(), n_cases=len(spacings),
+                   source=str(fp_file))
+    else:
+        median = [float(v) for v in plans.get("original_median_spacing_after_transp", [1.0, 1.0, 1.0])]
+        ref["is_2d"] = len(median) == 3 and max(median) >= _DUMMY_2D_RATIO * min(median)
+        ref["source"] = str(base / f"{plans.get('plans_name', 'nnUNetPlans')}.json")
+    return ref
+
+
+def _header_dimension(path: str) -> tuple[int, int] | None:
+    """(dimension, components per voxel) from the file header (SimpleITK formats), None where it cannot be
+    read cheaply."""
+    try:
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.ReadImageInformation()
+        return int(reader.GetDimension()), int(reader.GetNumberOfComponents())
+    except Exception:
+        return None
+
+
+def _fmt(values) -> str:
+    return " x ".join(f"{float(v):g}" for v in values)
+
+
+def check_image(files: list[str], data_shape: tuple[int, ...], spacing: list[float], reference: dict,
+                volumes_per_file: list[int] | None = None) -> None:
+    """Refuse an unlabelled image that does not look like the training images (message names the file).
+
+    ``data_shape`` and ``spacing`` are what nnU-Net's reader returned for the case's channel files:
+    ``(C, X, Y, Z)`` and the spacing in the reader's axis order. ``volumes_per_file`` (only needed when
+    ``C`` is wrong) tells which file holds more than one volume.
+    """
+    n_channels = reference["n_channels"]
+    where = reference.get("source") or "the dataset's plans"
+    if data_shape[0] != n_channels:
+        counts = volumes_per_file or [data_shape[0]] * len(files)
+        for f, k in zip(files, counts):
+            if k != 1:
+                header = _header_dimension(f)
+                if header is not None and header[1] > 1:
+                    what = f"{header[0]}D image with {header[1]} components per voxel (vector/RGB)"
+                elif header is not None:
+                    what = f"{header[0]}D image with {k} volumes"
+                else:
+                    what = f"file with {k} volumes"
+                raise UnlabeledImageError(
+                    f"{f}: {what}, expected a 3D image with one file per channel (like imagesTr: "
+                    f"CASE_0000{reference['file_ending']} ... one volume each; dataset.json lists "
+                    f"{n_channels} channel(s)). Split it into one file per channel, e.g. with "
+                    "`nnunet-llmseg convert-msd-unlabeled` for MSD-style 4D files"
+                )
+        raise UnlabeledImageError(
+            f"{', '.join(files)}: {data_shape[0]} channel volume(s), expected {n_channels} (dataset.json)"
+        )
+    sp = [float(v) for v in spacing]
+    if not all(np.isfinite(v) and v > 0 for v in sp):
+        raise UnlabeledImageError(f"{files[0]}: invalid voxel spacing {sp} (must be positive); fix the header")
+    image_2d = _is_dummy_2d(sp, tuple(data_shape[1:]))
+    size = _fmt(data_shape[2:] if image_2d else data_shape[1:])
+    if image_2d and not reference["is_2d"]:
+        raise UnlabeledImageError(
+            f"{files[0]}: 2D image ({size} pixels), but the training images are 3D ({where}); unlabelled "
+            "images must be 3D volumes like imagesTr (nnU-Net would resample a 2D slice into 999 slices)"
+        )
+    if not image_2d and reference["is_2d"] and data_shape[1] != 1:  # a one-slice volume is a 2D image too
+        raise UnlabeledImageError(
+            f"{files[0]}: 3D image ({size} voxels), but the training images are 2D ({where}); unlabelled "
+            "images must be 2D like imagesTr"
+        )
+    lo, hi = reference.get("spacing_min"), reference.get("spacing_max")
+    if lo is None or hi is None or len(lo) != len(sp):
+        return
+    # the dummy 999 axis of 2D data (and the slice axis of a one-slice volume in a 2D dataset) is not compared
+    axes = range(1, len(sp)) if image_2d or reference["is_2d"] else range(len(sp))
+    for i in axes:
+        if not lo[i] / SPACING_FACTOR <= sp[i] <= hi[i] * SPACING_FACTOR:
+            raise UnlabeledImageError(
+                f"{files[0]}: voxel spacing {_fmt(sp)} (reader's axis order) is implausible for this dataset: "
+                f"axis {i} is {sp[i]:g}, the {reference['n_cases']} training images have {lo[i]:g} to "
+                f"{hi[i]:g} ({where}; allowed: up to {SPACING_FACTOR:g}x outside that range). Fix the image "
+                "header (wrong units?) or remove the image"
+            )
+
+
 # ---- writing -----------------------------------------------------------------------------------------------
 
 
@@ -274,8 +400,11 @@ def _preprocess_one(
     configuration: str,
     dataset_json: dict,
     storage: str,
+    reference: dict | None = None,
 ) -> None:
-    """One case: nnU-Net's ``run_case`` without a label, then atomic writes of image, mask and properties."""
+    """One case: read with the plans' reader, check against the training images (``reference``), nnU-Net's
+    preprocessing without a label, then atomic writes of image, mask and properties."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans = PlansManager(plans_file)
@@ -283,12 +412,24 @@ def _preprocess_one(
     for f in files:
         _check_readable(f)
     preprocessor = cm.preprocessor_class(verbose=False)
+    rw = plans.image_reader_writer_class()
     try:
-        data, seg, props = preprocessor.run_case(files, None, plans, cm, dataset_json)
+        image, props = rw.read_images(files)
     except Exception as e:
-        culprit = _find_unreadable(files, plans)
-        where = culprit if culprit is not None else ", ".join(files)
-        raise UnlabeledImageError(f"cannot read {where}: {type(e).__name__}: {e}") from e
+        raise UnlabeledImageError(_read_failure(files, plans, e)) from e
+    if reference is not None:
+        per_file = None
+        if image.shape[0] != reference["n_channels"]:
+            per_file = [int(rw.read_images([f])[0].shape[0]) for f in files]
+        check_image(files, tuple(image.shape), list(props["spacing"]), reference, per_file)
+    try:
+        if type(preprocessor).run_case is DefaultPreprocessor.run_case:  # = read_images + run_case_npy
+            data, seg, props = preprocessor.run_case_npy(image, None, props, plans, cm, dataset_json)
+        else:  # a custom preprocessor may read differently: let it read again
+            data, seg, props = preprocessor.run_case(files, None, plans, cm, dataset_json)
+    except Exception as e:
+        raise UnlabeledImageError(f"cannot preprocess {', '.join(files)}: {type(e).__name__}: {e}") from e
+    del image
     data = data.astype(np.float32, copy=False)
     use_mask = cm.use_mask_for_norm is not None and any(cm.use_mask_for_norm)
     mask = seg.astype(np.int8, copy=False) if use_mask else None  # -1 outside the nonzero region, 0 inside
@@ -310,15 +451,20 @@ def _preprocess_one(
     _write_text_atomic(out.with_name(out.name + ".json"), json.dumps(_jsonable(props)))
 
 
-def _find_unreadable(files: list[str], plans) -> str | None:
-    """Which channel file the reader fails on (only called after a failure, to name the file)."""
+def _read_failure(files: list[str], plans, error: Exception) -> str:
+    """Name the file the reader fails on, or say how the channel files disagree (shape or spacing)."""
     rw = plans.image_reader_writer_class()
+    shapes = {}
     for f in files:
         try:
-            rw.read_images([f])
-        except Exception:
-            return f
-    return None
+            data, props = rw.read_images([f])
+        except Exception as e:
+            return f"cannot read {f}: {type(e).__name__}: {' '.join(str(e).split()) or 'unreadable image'}"
+        shapes[f] = (tuple(data.shape[1:]), tuple(float(v) for v in props["spacing"]))
+    if len(set(shapes.values())) > 1:
+        return ("the channel files of one case differ in shape or spacing: "
+                + "; ".join(f"{f} shape {_fmt(s)} spacing {_fmt(sp)}" for f, (s, sp) in shapes.items()))
+    return f"cannot read {', '.join(files)}: {type(error).__name__}: {error}"
 
 
 @contextlib.contextmanager
@@ -361,42 +507,41 @@ def preprocess_unlabeled(
     to date (see :func:`unlabeled_needs_preprocessing`) unless ``force``. With no unlabelled images the folder
     is not created (a stale folder from earlier images is replaced by an empty complete one, so training never
     uses images that were removed from ``imagesUnlabeled``). Raises :class:`UnlabeledImageError` naming the
-    file for unreadable images; the previous complete folder is then kept and no temporary folder is left.
+    file for unreadable images and for images that do not fit the training images (:func:`check_image`); the
+    previous complete folder is then kept and no temporary folder is left. An unknown dataset, unset
+    ``nnUNet_preprocessed``, missing plans or an unknown configuration raise
+    :class:`~nnunet_llmseg.cli_errors.UsageError`.
     """
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_llmseg import __version__
+    from nnunet_llmseg.cli_errors import UsageError, dataset_id, resolve_dataset
 
-    if nnUNet_preprocessed is None:
-        raise RuntimeError(
-            "nnUNet_preprocessed is not set (see nnU-Net's documentation on environment variables)"
-        )
-    name = maybe_convert_to_dataset_name(dataset_name_or_id)
-    base = Path(nnUNet_preprocessed) / name
+    name, base = resolve_dataset(dataset_name_or_id, "nnUNet_preprocessed")
     plans_file = base / f"{plans_identifier}.json"
     if not plans_file.is_file():
-        raise FileNotFoundError(
-            f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset_name_or_id}"
-        )
+        raise UsageError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset_id(name)}"
+                         + (" (or pass the plans identifier you planned with as -p)"
+                            if plans_identifier != "nnUNetPlans" else ""))
     dataset_json = json.loads((base / "dataset.json").read_text())
     plans = PlansManager(str(plans_file))
     if configuration not in plans.available_configurations:
-        raise ValueError(
+        raise UsageError(
             f"configuration {configuration!r} is not in {plans_file} "
             f"(available: {', '.join(plans.available_configurations)})"
         )
     cm = plans.get_configuration(configuration)
     out = unlabeled_preprocessed_folder(base, cm.data_identifier)
-    raw_folder = Path(nnUNet_raw) / name if nnUNet_raw else None
+    raw_root = os.environ.get("nnUNet_raw", "").strip()
+    raw_folder = Path(raw_root) / name if raw_root else None
     if raw_folder is None or not raw_folder.is_dir():
         if read_marker(out) is not None:
             if verbose:
                 print(f"raw dataset folder {raw_folder} not found; using the existing {out}")
             return out
         raise FileNotFoundError(
-            f"raw dataset folder {raw_folder} not found (nnUNet_raw/{name}/imagesUnlabeled)"
+            f"raw dataset folder {raw_folder if raw_folder else '($nnUNet_raw is not set)'} not found: the "
+            f"unlabelled images are read from $nnUNet_raw/{name}/imagesUnlabeled"
         )
     cases = list_unlabeled_cases(raw_folder, dataset_json)
     labelled_folder = base / cm.data_identifier
@@ -428,9 +573,10 @@ def preprocess_unlabeled(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         t0 = time.time()
+        reference = training_reference(base, dataset_json, plans.plans)
         try:
             jobs = [
-                (str(tmp / case), files, str(plans_file), configuration, dataset_json, storage)
+                (str(tmp / case), files, str(plans_file), configuration, dataset_json, storage, reference)
                 for case, files in cases.items()
             ]
             if num_processes > 1 and len(jobs) > 1:
@@ -514,18 +660,15 @@ def convert_msd_unlabeled(msd_task_folder: str | Path, dataset_id_or_name: str |
     """
     import SimpleITK as sitk
     from nnunetv2.dataset_conversion.convert_MSD_dataset import split_4d_nifti
-    from nnunetv2.paths import nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    from nnunet_llmseg.cli_errors import resolve_dataset
 
     src = Path(msd_task_folder) / "imagesUnlabeled"
     if not src.is_dir():
         raise FileNotFoundError(
             f"{src} does not exist: expected the MSD task folder that holds imagesUnlabeled/"
         )
-    if nnUNet_raw is None:
-        raise RuntimeError("nnUNet_raw is not set")
-    name = maybe_convert_to_dataset_name(dataset_id_or_name)
-    target = Path(nnUNet_raw) / name
+    _name, target = resolve_dataset(dataset_id_or_name, "nnUNet_raw")
     dj_file = target / "dataset.json"
     if not dj_file.is_file():
         raise FileNotFoundError(
@@ -570,24 +713,18 @@ def convert_msd_unlabeled(msd_task_folder: str | Path, dataset_id_or_name: str |
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
-    try:
-        preprocess_unlabeled(args.d, args.c, args.p, args.np, force=args.force)
-    except UnlabeledImageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    preprocess_unlabeled(args.d, args.c, args.p, args.np, force=args.force)  # errors: one line (cli.main)
     return 0
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    try:
-        convert_msd_unlabeled(args.i, args.d)
-    except UnlabeledImageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    convert_msd_unlabeled(args.i, args.d)
     return 0
 
 
 def register(subparsers) -> None:
+    from nnunet_llmseg.cli_errors import positive_int
+
     p = subparsers.add_parser(
         "preprocess-unlabeled",
         help="preprocess imagesUnlabeled with the dataset's plans (run after planning)",
@@ -599,7 +736,7 @@ def register(subparsers) -> None:
     p.add_argument("-d", required=True, help="dataset id or name")
     p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    p.add_argument("-np", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("-np", type=positive_int, default=1, help="worker processes (default 1)")
     p.add_argument("--force", action="store_true", help="preprocess again even if the folder is up to date")
     p.set_defaults(func=_run_preprocess)
     p = subparsers.add_parser(

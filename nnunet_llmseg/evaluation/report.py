@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from nnunet_llmseg.evaluation.metrics import CONVENTIONS, METRICS, case_metrics
 KNOWN_FILE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".tif", ".tiff", ".png",
                                        ".bmp")
 SPACING_TOLERANCE = 1e-3
-DEFAULT_OUT_NAME = "llmseg_evaluation"
+DEFAULT_OUT_DIR = "llmseg_evaluation"
 
 
 class EvaluationError(ValueError):
@@ -61,15 +62,14 @@ def _jsonable_labels(structures: Mapping[str, tuple[int, ...]]) -> dict[str, int
 def dataset_labels(dataset: str | int) -> tuple[dict[str, int | list[int]], str, int | None, Path]:
     """Foreground labels/regions, file ending, ignore label and path of a dataset's ``dataset.json``.
 
-    ``dataset`` is an id or a ``DatasetXXX_Name``; resolved with nnU-Net's ``maybe_convert_to_dataset_name``
-    and read from ``$nnUNet_raw`` first, then ``$nnUNet_preprocessed`` (it works where only one is present).
+    ``dataset`` is an id or a ``DatasetXXX_Name``, resolved like nnU-Net does
+    (:func:`nnunet_llmseg.cli_errors.dataset_name`), and read from ``$nnUNet_raw`` first, then
+    ``$nnUNet_preprocessed`` (it works where only one is present). An unknown dataset or a missing
+    ``dataset.json`` raise :class:`~nnunet_llmseg.cli_errors.UsageError`.
     """
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunet_llmseg.cli_errors import UsageError, dataset_name
 
-    try:
-        name = maybe_convert_to_dataset_name(str(dataset))
-    except (RuntimeError, ValueError) as e:
-        raise EvaluationError(f"dataset {dataset!r} not found: {e}") from e
+    name = dataset_name(dataset)  # UsageError (exit 2) for an unknown id
     tried = []
     for var in ("nnUNet_raw", "nnUNet_preprocessed"):
         base = os.environ.get(var)
@@ -80,8 +80,8 @@ def dataset_labels(dataset: str | int) -> tuple[dict[str, int | list[int]], str,
         if candidate.is_file():
             break
     else:
-        where = tried or "nothing ($nnUNet_raw and $nnUNet_preprocessed are unset)"
-        raise EvaluationError(f"no dataset.json for {name}; looked at {where}")
+        where = ", ".join(tried) if tried else "nothing ($nnUNet_raw and $nnUNet_preprocessed are unset)"
+        raise UsageError(f"no dataset.json for {name}; looked at {where}")
     try:
         dj = json.loads(candidate.read_text())
         raw_labels = dj["labels"]
@@ -153,8 +153,13 @@ def _read(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
 
 # ----------------------------------------------------------------------------------------------- one case
 def _evaluate_case(case: str, ref_path: str, pred_path: str, structures: dict[str, tuple[int, ...]] | None,
-                   ignore_label: int | None) -> dict:
-    """Metrics of every structure of one case (``structures=None``: every non-zero value in ref or pred)."""
+                   ignore_label: int | None, known_values: frozenset[int] | None = None) -> dict:
+    """Metrics of every structure of one case (``structures=None``: every non-zero value in ref or pred).
+
+    With ``known_values`` (every value ``dataset.json`` defines) the values found outside it are returned
+    under ``unexpected_values`` (``{"reference": [...], "prediction": [...]}``): they belong to no structure,
+    so they are not evaluated, and the caller warns about them.
+    """
     ref, spacing = _read(Path(ref_path))
     pred, pred_spacing = _read(Path(pred_path))
     if ref.shape != pred.shape:
@@ -176,8 +181,13 @@ def _evaluate_case(case: str, ref_path: str, pred_path: str, structures: dict[st
             r, p = r & valid, p & valid
         m = case_metrics(r, p, spacing)
         metrics[name] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
-    return {"case": case, "reference": ref_path, "prediction": pred_path, "shape": list(ref.shape),
-            "spacing_zyx": list(spacing), "metrics": metrics}
+    out = {"case": case, "reference": ref_path, "prediction": pred_path, "shape": list(ref.shape),
+           "spacing_zyx": list(spacing), "metrics": metrics}
+    if known_values is not None:
+        out["unexpected_values"] = {
+            what: sorted(int(v) for v in np.unique(arr) if int(v) not in known_values)
+            for what, arr in (("reference", ref), ("prediction", pred))}
+    return out
 
 
 def _evaluate_case_star(args: tuple) -> dict:
@@ -222,15 +232,18 @@ def summarise(cases: list[dict], class_names: Sequence[str]) -> dict:
 def evaluate_folders(ref_dir: str | Path, pred_dir: str | Path,
                      labels: Mapping[str, int | Sequence[int]] | None = None, file_ending: str = ".nii.gz",
                      num_processes: int = 1, allow_missing: bool = False,
-                     ignore_label: int | None = None) -> dict:
+                     ignore_label: int | None = None, known_values: Iterable[int] | None = None) -> dict:
     """Score every reference case of ``ref_dir`` against the same-named file in ``pred_dir``.
 
     ``labels`` maps a structure name to a label value or a region (tuple of values whose union is evaluated);
     ``None`` evaluates every non-zero value found in the references, named ``label_<value>``. A reference case
     without a prediction is an :class:`EvaluationError` naming it unless ``allow_missing`` (then it is skipped
-    and listed under ``missing_predictions``). Returns a JSON-able dict: ``cases`` (per case and class),
+    and listed under ``missing_predictions``). ``known_values``: every label value of the dataset
+    (background, ignore label and region members included, see :func:`known_label_values`); values found
+    outside it in a reference or a prediction belong to no structure and are listed, with their cases, under
+    ``unexpected_label_values`` (the CLI warns). Returns a JSON-able dict: ``cases`` (per case and class),
     ``summary`` (``per_class`` and ``overall``, each metric as ``{"mean", "std", "n"}``), ``conventions``,
-    ``labels``, ``spacing``.
+    ``labels``, ``spacing``, ``unexpected_label_values``.
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     for what, folder in (("reference", ref_dir), ("prediction", pred_dir)):
@@ -250,7 +263,8 @@ def evaluate_folders(ref_dir: str | Path, pred_dir: str | Path,
         raise EvaluationError(f"no prediction in {pred_dir} matches a reference case of {ref_dir}")
     structures = _normalise_labels(labels) if labels is not None else None
 
-    jobs = [(c, str(refs[c]), str(preds[c]), structures, ignore_label) for c in matched]
+    known = frozenset(int(v) for v in known_values) if known_values is not None else None
+    jobs = [(c, str(refs[c]), str(preds[c]), structures, ignore_label, known) for c in matched]
     n_proc = max(1, min(int(num_processes), len(jobs)))
     if n_proc == 1:
         cases = [_evaluate_case_star(j) for j in jobs]
@@ -273,6 +287,11 @@ def evaluate_folders(ref_dir: str | Path, pred_dir: str | Path,
             c["metrics"] = {n: c["metrics"].get(n, dict(perfect)) for n in structures}
 
     spacings = sorted({tuple(c["spacing_zyx"]) for c in cases})
+    unexpected: dict[int, dict[str, list[str]]] = {}
+    for c in cases:
+        for what, values in c.pop("unexpected_values", {}).items():
+            for v in values:
+                unexpected.setdefault(v, {"reference": [], "prediction": []})[what].append(c["case"])
     return {
         "tool": "nnunet-llmseg evaluate",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -289,9 +308,68 @@ def evaluate_folders(ref_dir: str | Path, pred_dir: str | Path,
         "n_cases": len(cases),
         "missing_predictions": missing,
         "unmatched_predictions": sorted(set(preds) - set(refs)),
+        "unexpected_label_values": [{"value": v, "reference_cases": unexpected[v]["reference"],
+                                     "prediction_cases": unexpected[v]["prediction"]} for v in sorted(unexpected)],
         "cases": cases,
         "summary": summarise(cases, list(structures)),
     }
+
+
+def known_label_values(labels: Mapping[str, int | Sequence[int]], ignore_label: int | None = None) -> set[int]:
+    """Every value a dataset's label maps may hold: background 0, each label or region member, the ignore
+    label."""
+    known = {0} if ignore_label is None else {0, int(ignore_label)}
+    for value in labels.values():
+        known.update(int(v) for v in ((value,) if isinstance(value, (int, np.integer)) else value))
+    return known
+
+
+def unexpected_values_warning(result: dict, dataset_json: str | Path | None = None, shown: int = 10) -> str | None:
+    """One line naming the label values that are in no structure of ``dataset.json`` and their cases."""
+    entries = result.get("unexpected_label_values") or []
+    if not entries:
+        return None
+
+    def cases(names: list[str]) -> str:
+        return ", ".join(names[:shown]) + (f" ... ({len(names)} cases)" if len(names) > shown else "")
+
+    parts = []
+    for e in entries:
+        where = [f"{what}: {cases(e[key])}" for what, key in (("reference", "reference_cases"),
+                                                                ("prediction", "prediction_cases")) if e[key]]
+        parts.append(f"{e['value']} ({'; '.join(where)})")
+    source = f" {dataset_json}" if dataset_json else " dataset.json"
+    return (f"warning: label value(s) not defined in{source} were found and not evaluated: "
+            + ", ".join(parts))
+
+
+def default_out_prefix(pred_dir: str | Path, ref_dir: str | Path | None = None) -> Path:
+    """Where reports go without ``-o``: ``$nnUNet_results/llmseg_evaluation/<parent>_<pred>-<hash>``
+    (``./llmseg_evaluation/...`` when ``nnUNet_results`` is unset), never into a dataset.
+
+    Earlier versions wrote into the prediction folder, which can be a dataset's folder. The hash of the
+    prediction folder's absolute path keeps the reports of different folders apart; evaluating the same folder
+    again replaces its report. :class:`~nnunet_llmseg.cli_errors.UsageError` when that place would still lie
+    inside ``$nnUNet_raw``, ``$nnUNet_preprocessed`` or the ``-ref``/``-pred`` folder (then pass ``-o``).
+    """
+    from nnunet_llmseg.cli_errors import UsageError
+
+    pred = Path(pred_dir).resolve()
+    root = os.environ.get("nnUNet_results", "").strip()
+    base = ((Path(root) if root else Path.cwd()) / DEFAULT_OUT_DIR).resolve()
+    tag = hashlib.sha256(str(pred).encode()).hexdigest()[:8]
+    prefix = base / f"{pred.parent.name}_{pred.name}-{tag}"
+    protected = {"the -pred folder": pred}
+    if ref_dir is not None:
+        protected["the -ref folder"] = Path(ref_dir).resolve()
+    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
+        if os.environ.get(var, "").strip():
+            protected[f"${var}"] = Path(os.environ[var]).resolve()
+    for what, folder in protected.items():
+        if prefix.is_relative_to(folder):
+            raise UsageError(f"the default report location {prefix} lies inside {what} ({folder}); choose "
+                             "another one with -o OUT_PREFIX")
+    return prefix
 
 
 def write_reports(result: dict, out_prefix: str | Path) -> tuple[Path, Path]:
@@ -361,30 +439,33 @@ def format_table(result: dict) -> str:
 
 # ----------------------------------------------------------------------------------------------- CLI
 def _run(args: argparse.Namespace) -> int:
-    try:
-        labels, file_ending, ignore_label = None, args.file_ending, None
-        if args.dataset is not None:
-            labels, ds_ending, ignore_label, _ = dataset_labels(args.dataset)
-            file_ending = file_ending or ds_ending
-        if args.labels:
-            labels = select_labels(labels, args.labels)
-        file_ending = file_ending or infer_file_ending(Path(args.ref))
-        n_proc = args.num_processes if args.num_processes is not None else min(4, os.cpu_count() or 1)
-        result = evaluate_folders(args.ref, args.pred, labels=labels, file_ending=file_ending,
-                                  num_processes=n_proc, allow_missing=args.allow_missing,
-                                  ignore_label=ignore_label)
-    except EvaluationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    out_prefix = Path(args.out) if args.out else Path(args.pred) / DEFAULT_OUT_NAME
+    """Errors: one ``error:`` line (``nnunet_llmseg.cli.main``): 2 for a bad command line, 1 for bad data."""
+    labels, file_ending, ignore_label, known, dj_path = None, args.file_ending, None, None, None
+    if args.dataset is not None:
+        labels, ds_ending, ignore_label, dj_path = dataset_labels(args.dataset)
+        file_ending = file_ending or ds_ending
+        known = known_label_values(labels, ignore_label)
+    if args.labels:
+        labels = select_labels(labels, args.labels)
+    out_prefix = Path(args.out) if args.out else default_out_prefix(args.pred, args.ref)
+    file_ending = file_ending or infer_file_ending(Path(args.ref))
+    n_proc = args.num_processes if args.num_processes is not None else min(4, os.cpu_count() or 1)
+    result = evaluate_folders(args.ref, args.pred, labels=labels, file_ending=file_ending,
+                              num_processes=n_proc, allow_missing=args.allow_missing,
+                              ignore_label=ignore_label, known_values=known)
     json_path, csv_path = write_reports(result, out_prefix)
     print(format_table(result))
     print(f"\nwrote {json_path}\nwrote {csv_path}")
+    warning = unexpected_values_warning(result, dj_path)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 
 def register(subparsers) -> None:
     """Add ``evaluate`` to the ``nnunet-llmseg`` command line."""
+    from nnunet_llmseg.cli_errors import positive_int
+
     p = subparsers.add_parser(
         "evaluate",
         help="Dice, Jaccard, HD95 and ASD (mm) of a prediction folder, as semi-supervised papers report them",
@@ -399,8 +480,9 @@ def register(subparsers) -> None:
                    "($nnUNet_raw, then $nnUNet_preprocessed); default: every non-zero value of the "
                    "references")
     p.add_argument("-o", "--out", default=None, metavar="OUT_PREFIX",
-                   help=f"output prefix for .json/.csv (default: PRED/{DEFAULT_OUT_NAME})")
-    p.add_argument("-np", "--num-processes", type=int, default=None,
+                   help=f"output prefix for .json/.csv (default: $nnUNet_results/{DEFAULT_OUT_DIR}/"
+                   "<parent>_<pred>-<hash>, or ./" + DEFAULT_OUT_DIR + "/... without nnUNet_results; printed)")
+    p.add_argument("-np", "--num-processes", type=positive_int, default=None,
                    help="worker processes over cases (default min(4, CPUs); 1 = in this process)")
     p.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
                    help="evaluate only these labels (values, or names from dataset.json)")

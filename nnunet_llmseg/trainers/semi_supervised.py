@@ -30,6 +30,7 @@ from nnunet_llmseg.data import mixing
 from nnunet_llmseg.data.labelled_subset import load_labelled_subset, split_training_keys
 from nnunet_llmseg.data.unlabeled_loader import (
     UnlabeledDataLoader,
+    UnlabeledDataset,
     build_unlabeled_dataset,
     get_unlabeled_batch_size,
 )
@@ -39,6 +40,7 @@ from nnunet_llmseg.data.unlabeled_preprocessing import (
 )
 from nnunet_llmseg.losses.cps import CrossPseudoSupervisionLoss
 from nnunet_llmseg.networks.text_unets import TwinNetwork, predict_networks_from_env
+from nnunet_llmseg.trainers.crash_safety import CrashSafeTraining
 from nnunet_llmseg.trainers.pretrained import describe, install_pretrained_hook, load_pretrained_into_twin
 from nnunet_llmseg.trainers.progress import SemiSupervisedLocalLogger
 from nnunet_llmseg.trainers.text_priors import load_text_spec, stacked_rows
@@ -57,7 +59,7 @@ def unwrap(network: nn.Module) -> nn.Module:
     return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
 
 
-def labelled_split(trainer: nnUNetTrainer) -> tuple[list[str], list[str], list[str]]:
+def labelled_split(trainer: nnUNetTrainer, log: bool = True) -> tuple[list[str], list[str], list[str]]:
     """(labelled training keys, unlabelled-designated training keys, validation keys) of the trainer's fold.
 
     The subset file (``labelled_subset_fold{F}.json`` written by ``nnunet-llmseg subset``) decides which training
@@ -67,7 +69,7 @@ def labelled_split(trainer: nnUNetTrainer) -> tuple[list[str], list[str], list[s
     subset = load_labelled_subset(trainer.preprocessed_dataset_folder_base, trainer.fold) \
         if trainer.fold != "all" else None
     labelled, unlabelled = split_training_keys(list(tr_keys), subset)
-    if subset is not None:
+    if subset is not None and log:
         trainer.print_to_log_file(
             f"Labelled subset (fold {trainer.fold}, rule {subset.get('rule')}, seed {subset.get('seed')}): "
             f"{len(labelled)} labelled, {len(unlabelled)} training cases used as unlabelled, "
@@ -75,7 +77,7 @@ def labelled_split(trainer: nnUNetTrainer) -> tuple[list[str], list[str], list[s
     return labelled, unlabelled, list(val_keys)
 
 
-class nnUNetTrainerLabelledOnly(nnUNetTrainer):
+class nnUNetTrainerLabelledOnly(CrashSafeTraining, nnUNetTrainer):
     """Vanilla nnU-Net on the labelled subset only: the baseline every semi-supervised result is compared to."""
 
     def get_tr_and_val_datasets(self):
@@ -117,7 +119,7 @@ class DualBatchLoader:
                 gen._finish()
 
 
-class nnUNetTrainerSemiSupervised(nnUNetTrainer):
+class nnUNetTrainerSemiSupervised(CrashSafeTraining, nnUNetTrainer):
     """Base of the semi-supervised trainers: the data side.
 
     Every iteration gets nnU-Net's labelled batch (foreground oversampling, nnU-Net's augmentation) plus an
@@ -127,6 +129,10 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     supervision that vanilla nnU-Net gets (a step costs about twice nnU-Net's step per network). Halving the
     planned batch instead (``unlabelled_batch_ratio = None``) made co-training lag labelled-only nnU-Net by
     about three epochs on Hippocampus (docs/methods.md).
+
+    Start-up order: the unlabelled data are checked (and preprocessed on first use) before nnU-Net's loaders
+    start their workers, so a missing or bad unlabelled image stops training with our message as the last
+    thing printed and no background worker left behind. Checkpoints and workers: :class:`CrashSafeTraining`.
     """
 
     #: share of nnU-Net's planned batch size that is labelled (rest: unlabelled); used when
@@ -162,12 +168,15 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
                 self.dataset_class(self.preprocessed_dataset_folder, val_keys, **kw))
 
     def get_dataloaders(self):
+        unlabelled = self.prepare_unlabeled_dataset()  # before any worker process exists
         dl_train, dl_val = super().get_dataloaders()
-        return DualBatchLoader(dl_train, self.get_unlabeled_dataloader()), dl_val
+        return DualBatchLoader(dl_train, self.get_unlabeled_dataloader(unlabelled)), dl_val
 
-    def get_unlabeled_dataloader(self):
-        """Preprocess ``imagesUnlabeled`` on first use (rank 0), then build the augmented unlabelled loader."""
+    def prepare_unlabeled_dataset(self) -> UnlabeledDataset:
+        """Preprocess ``imagesUnlabeled`` on first use (rank 0) and list the unlabelled cases; refuses to start
+        without any. Starts no process, so its errors are the last thing a failed start prints."""
         plans_file = join(self.preprocessed_dataset_folder_base, self.plans_manager.plans_name + ".json")
+        _, self.unlabeled_train_keys, _ = labelled_split(self, log=False)
         if self.local_rank == 0:
             ensure_unlabeled_preprocessed(self.plans_manager.dataset_name, self.configuration_name,
                                           self.plans_manager.plans_name)
@@ -185,6 +194,12 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
                 f"(labelled_subset_fold{self.fold}.json) that leaves training cases unlabelled. Add unlabelled "
                 "images, or run `nnunet-llmseg subset -d DATASET -f FOLD --count N`, or train with "
                 f"nnUNetTrainer. (plans: {plans_file})")
+        return dataset
+
+    def get_unlabeled_dataloader(self, dataset: UnlabeledDataset | None = None):
+        """The augmented unlabelled loader over ``dataset`` (default: :meth:`prepare_unlabeled_dataset`)."""
+        if dataset is None:
+            dataset = self.prepare_unlabeled_dataset()
         self.print_to_log_file(f"Unlabelled cases: {len(dataset.identifiers)}; batch {self.batch_size} labelled + "
                                f"{self.unlabeled_batch_size} unlabelled")
         rotation, dummy_2d, initial_patch_size, mirror_axes = \

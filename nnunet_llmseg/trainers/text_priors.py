@@ -9,6 +9,8 @@ no LLM and no text encoder are needed.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
@@ -19,7 +21,7 @@ from prior_generation.priors_file import PriorsError, TextPriors, load_priors
 PLANS_KEY = "nnunet_llmseg_text"
 
 
-def head_rows(priors: TextPriors, label_manager: LabelManager) -> list[int]:
+def head_rows(priors: TextPriors, label_manager: LabelManager, dataset: str = "<DATASET>") -> list[int]:
     """Row of the priors for every output channel of the network, in output order.
 
     Label-based datasets: channel ``i`` predicts label value ``label_manager.all_labels[i]`` (background
@@ -37,15 +39,20 @@ def head_rows(priors: TextPriors, label_manager: LabelManager) -> list[int]:
             raise PriorsError(
                 f"The text priors have no class for label/region {w} (priors classes: "
                 f"{dict(zip(priors.class_names, priors.label_values))}). "
-                "Rerun: python -m prior_generation -d <DATASET>")
+                f"Rerun: python -m prior_generation -d {dataset}")
         rows.append(lookup[key])
     return rows
 
 
 def load_text_spec(trainer) -> tuple[TextPriors, list[int]]:
-    """Load and check the dataset's priors and record their size in the trainer's plans."""
-    priors = load_priors(trainer.preprocessed_dataset_folder_base, trainer.dataset_json)
-    rows = head_rows(priors, trainer.label_manager)
+    """Load and check the dataset's priors and record their size in the trainer's plans.
+
+    The labels are compared with ``trainer.dataset_json``, which ``nnUNetv2_train`` reads from the preprocessed
+    folder; the error names that file and the command that fixes the mismatch.
+    """
+    base = Path(trainer.preprocessed_dataset_folder_base)
+    priors = load_priors(base, trainer.dataset_json, base / "dataset.json")
+    rows = head_rows(priors, trainer.label_manager, base.name)
     trainer.plans_manager.plans[PLANS_KEY] = {
         "text_dim": int(priors.dim),
         "num_classes": len(priors.class_names),
