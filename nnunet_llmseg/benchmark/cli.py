@@ -95,9 +95,9 @@ def _check_priors(classes: dict[str, type], pre_base: Path) -> None:
         raise BenchmarkError(f"methods {', '.join(needs)} need text priors: {e}") from e
 
 
-def _child_env(results_root: Path, variant_folder: Path, device: str, parallel: int) -> dict:
+def _child_env(variant_folder: Path, device: str, parallel: int) -> dict:
+    """Environment of the training processes (each run sets its own nnUNet_results)."""
     env = dict(os.environ)
-    env["nnUNet_results"] = str(results_root)
     env["nnUNet_extTrainer"] = ext_trainer_value(variant_folder, env.get("nnUNet_extTrainer"))
     share = max(1, (os.cpu_count() or 1) // max(1, parallel))
     env.setdefault("nnUNet_n_proc_DA", str(min(12, share)))
@@ -112,10 +112,13 @@ def run_benchmark(args: argparse.Namespace, command: str) -> int:
     from nnunet_llmseg.benchmark import report
 
     pre_root = os.environ.get("nnUNet_preprocessed")
-    results_root = args.results or os.environ.get("nnUNet_results")
+    default_root = os.environ.get("nnUNet_results")
+    results_root = args.results or default_root
     if not pre_root or not results_root:
         raise BenchmarkError("set nnUNet_preprocessed and nnUNet_results (or give --results DIR)")
     results_root = Path(results_root).resolve()
+    # trainers that ignore the labelled subset (nnU-Net's own: all_labels) are shared by every subset
+    shared_root = Path(default_root).resolve() if default_root else results_root
     dataset_name = _dataset_name(args.dataset)
     pre_base = Path(pre_root) / dataset_name
     cfg = args.configuration
@@ -144,9 +147,10 @@ def run_benchmark(args: argparse.Namespace, command: str) -> int:
     runs = []
     for m, cls in classes.items():
         trainer = write_variant_module(variant_folder, cls.__name__, args.epochs, args.iters)
+        dependent = reads_labelled_subset(cls)
         runs.append(Run(method=m, base_trainer=cls.__name__, trainer=trainer, dataset_name=dataset_name,
-                        configuration=cfg, plans=plans, fold=args.fold, results_root=results_root,
-                        subset_dependent=reads_labelled_subset(cls)))
+                        configuration=cfg, plans=plans, fold=args.fold,
+                        results_root=results_root if dependent else shared_root, subset_dependent=dependent))
     subset_path = pre_base / f"labelled_subset_fold{args.fold}.json" if record is not None else None
     print(f"benchmark {dataset_name} {cfg} fold {args.fold}: {len(labelled) if labelled else len(train)} labelled, "
           f"{len(val)} validation cases; plans {plans} (batch {eff['batch_size']}, patch {eff['patch_size']}); "
@@ -161,7 +165,7 @@ def run_benchmark(args: argparse.Namespace, command: str) -> int:
 
     statuses: dict[str, str] = {}
     if not args.report_only:
-        env = _child_env(results_root, variant_folder, args.device, args.parallel)
+        env = _child_env(variant_folder, args.device, args.parallel)
         spec = RunSpec(dataset=dataset_name, device=args.device, labelled=labelled,
                        subset_rule=record.get("rule") if record else None, epochs=args.epochs,
                        iterations=args.iters)
@@ -248,7 +252,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default ./benchmark_<Dataset>_<config>_fold<F>)")
     p.add_argument("--results", default=None,
-                   help="nnUNet_results for the runs (default $nnUNet_results); one per labelled subset")
+                   help="nnUNet_results for the runs that use the labelled subset (default $nnUNet_results): give "
+                   "each subset its own folder. Trainers that ignore the subset (all_labels) stay in "
+                   "$nnUNet_results, shared by every subset")
     p.add_argument("--parallel", type=int, default=1, help="training processes at once (GPU: several may share)")
     p.add_argument("-np", "--num-processes", type=int, default=None, help="processes for scoring")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the finished runs")

@@ -380,6 +380,7 @@ def _start(run: Run, spec: RunSpec, env: dict, log_dir: Path, lock_fd: int,
     handle = open(log_path, "a")  # noqa: SIM115 - closed when the session ends
     handle.write(f"\n===== {start} {mode}: {record['command']}\n")
     handle.flush()
+    env = {**env, "nnUNet_results": str(run.results_root)}
     proc = subprocess.Popen([_bin(cmd[0]), *cmd[1:]], env=env, stdout=handle, stderr=subprocess.STDOUT,
                             pass_fds=(lock_fd,), start_new_session=True,
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
