@@ -266,25 +266,26 @@ def test_benchmark_survives_interruption_continues_and_reuses(bench, tmp_path):
     assert len(json.loads((lo_dir / "fold_0_benchmark.json").read_text())["sessions"]) == 2
 
 
-def test_benchmark_refuses_runs_of_another_subset_and_bad_options(bench, tmp_path):
-    """Clear errors before anything trains (exit code 2, the message names what to change)."""
-    env = bench["env"].environ()
+def test_benchmark_refuses_runs_of_another_subset_and_bad_options(bench, tmp_path, capsys):
+    """Clear errors before anything trains (exit code 2, the message names what to change); run in-process."""
+    from nnunet_llmseg.cli import main
+
     out, results = tmp_path / "out", tmp_path / "results"
     trainer_dir = results / bench["name"] / "nnUNetTrainerLabelledOnly_2epochs_3it__nnUNetPlans__3d_fullres"
     (trainer_dir / "fold_0").mkdir(parents=True)
     (trainer_dir / "fold_0_benchmark.json").write_text(json.dumps({"labelled": ["tiny_000"], "sessions": []}))
     with zipfile.ZipFile(trainer_dir / "fold_0" / "checkpoint_latest.pth", "w") as z:
         z.writestr("data.pkl", b"")  # a complete archive: the run counts as continuable
-    cmd = _benchmark_cmd(bench, out, results)
-    proc = subprocess.run([_bin(cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert "was trained with 1 labelled cases" in proc.stderr and "--results DIR" in proc.stderr
-    assert not (trainer_dir / "fold_0" / "training_log").exists() and not out.joinpath("results.json").exists()
+    args = _benchmark_cmd(bench, out, results)[1:]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "was trained with 1 labelled cases" in err and "--results DIR" in err
+    assert sorted(p.name for p in (trainer_dir / "fold_0").iterdir()) == ["checkpoint_latest.pth"]
+    assert not out.joinpath("results.json").exists()
     for extra, message in ((["--methods", "nnUNetTrainerNope"], "no trainer class 'nnUNetTrainerNope'"),
                            (["--patch-size", "20", "20", "20"], "multiple of the network's total stride")):
-        proc = subprocess.run([_bin(cmd[0]), *cmd[1:], *extra], env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert main([*args, *extra]) == 2
+        assert message in capsys.readouterr().err
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -143,7 +143,7 @@ def run_benchmark(args: argparse.Namespace, command: str) -> int:
             print(f"note: {role} {name} is not among the methods; "
                   + ("no comparison is made" if role == "--baseline" else "gap_closed stays null"))
 
-    variant_folder = results_root / VARIANT_FOLDER_NAME
+    variant_folder = shared_root / VARIANT_FOLDER_NAME  # one place per results tree, for nnUNetv2_predict too
     runs = []
     for m, cls in classes.items():
         trainer = write_variant_module(variant_folder, cls.__name__, args.epochs, args.iters)
@@ -222,7 +222,7 @@ def run_benchmark(args: argparse.Namespace, command: str) -> int:
     }
     report.write_outputs(results, args.out)
     print(report.markdown(json.loads(json.dumps(report._clean(results)))))
-    print(f"wrote {args.out / 'results.json'}, results.md, metrics.png, curves.png")
+    print(f"wrote {args.out / 'results.json'}, results.md" + (", metrics.png, curves.png" if rows else ""))
     return 1 if missing else 0
 
 

@@ -281,7 +281,7 @@ def markdown(results: dict) -> str:
                  f"{r['epoch_time_ratio']:.2f}x" if r.get("epoch_time_ratio") else "n/a"]
         lines.append("| " + " | ".join(cells) + " |")
     classes = list(rows[0]["per_class"]) if rows else []
-    for metric, title in (("dice", "Dice"), ("hd95", "HD95")):
+    for metric, title in (("dice", "Dice"), ("hd95", "HD95")) if rows else ():
         lines += ["", f"{title} per class (mean ± std over validation cases):", "",
                   "| method | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
         for r in rows:
