@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         env = prepare_hippocampus.prepare(args.workspace, prepare_hippocampus.DEFAULT_MSD, args.labelled, 0, 0,
                                           "minilm-l6-v2", 2)
         dataset_id, name = prepare_hippocampus.DATASET_ID, "hippocampus"
-        defaults = []
+        defaults = ["--labelled", str(args.labelled)]  # an existing subset with another count is an error
     else:
         env = prepare_acdc.prepare(args.workspace, prepare_acdc.DEFAULT_ACDC, args.labelled_patients,
                                    "minilm-l6-v2", 2)

@@ -175,6 +175,31 @@ def test_methods_resolve_like_nnunet_including_user_trainers(tmp_path, monkeypat
     assert "save_every" in inspect.getsource(variant.__init__)
 
 
+# ----------------------------------------------------------------------------------------------- ACDC preparation
+
+
+def test_acdc_ssl4mis_split_becomes_fold_0(tmp_path):
+    acdc = Path(__file__).resolve().parents[2] / "shared" / "data" / "ACDC"
+    if not (acdc / "splits_ssl4mis.json").is_file():
+        pytest.skip(f"ACDC not available at {acdc}")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import prepare_acdc
+
+    split = prepare_acdc.read_ssl4mis_split(acdc)
+    assert (len(split["train"]), len(split["val"])) == (140, 20)
+    for n, key in prepare_acdc.LABELLED_SETS.items():  # both frames of n patients, all training volumes
+        assert len(split[key]) == 2 * n and set(split[key]) <= set(split["train"])
+    pre = tmp_path / "pre"
+    prepare_acdc.write_splits(pre, split)
+    folds = json.loads((pre / "splits_final.json").read_text())
+    assert len(folds) == 1 and folds[0] == {"train": sorted(split["train"]), "val": sorted(split["val"])}
+    prepare_acdc.write_splits(pre, split)  # same split again: accepted, unchanged
+    folds[0]["val"] = folds[0]["val"][:-1]
+    (pre / "splits_final.json").write_text(json.dumps(folds))
+    with pytest.raises(prepare_acdc.PrepareError, match="another fold 0"):
+        prepare_acdc.write_splits(pre, split)
+
+
 # ----------------------------------------------------------------------------------------------- real benchmark
 
 

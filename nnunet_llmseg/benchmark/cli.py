@@ -76,7 +76,8 @@ def _subset(args: argparse.Namespace, dataset_name: str, pre_base: Path) -> tupl
         record = load_labelled_subset(pre_base, args.fold)
         split_training_keys(train, record)  # the subset must still match the split
     except SubsetError as e:
-        raise BenchmarkError(str(e)) from e
+        hint = " (benchmark option: --overwrite-subset)" if "another choice" in str(e) else ""
+        raise BenchmarkError(f"{e}{hint}") from e
     labelled = sorted(record["labelled"]) if record is not None else None
     return labelled, record, train, val
 
