@@ -2,7 +2,8 @@
 
 Every step is a real command a user would run (nnU-Net's MSD converter, our ``convert-msd-unlabeled``,
 ``nnUNetv2_plan_and_preprocess``, ``python -m prior_generation`` with the offline knowledge base and the offline
-MiniLM encoder, ``nnunet-llmseg subset``), in a workspace with its own nnU-Net folders.
+MiniLM encoder, ``nnunet-llmseg subset``), in a workspace with its own nnU-Net folders (shared with
+``prepare_acdc.py``: dataset ids 4 and 27). Preprocesses ``3d_fullres`` and ``2d``.
 
     python benchmarks/prepare_hippocampus.py --workspace benchmarks/results/workspace --labelled 10
 
@@ -23,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MSD = REPO.parent / "shared" / "data" / "Task04_Hippocampus"
 DATASET_ID = 4
 DATASET_NAME = "Dataset004_Hippocampus"
+#: 3d_fullres (the GPU benchmark) and 2d (practical on a CPU)
+CONFIGURATIONS: tuple[str, ...] = ("3d_fullres", "2d")
 
 
 def _bin(name: str) -> str:
@@ -42,7 +45,8 @@ def workspace_env(workspace: Path) -> dict:
     return env
 
 
-def prepare(workspace: Path, msd: Path, labelled: int, fold: int, seed: int, encoder: str, np_: int) -> dict:
+def prepare(workspace: Path, msd: Path, labelled: int, fold: int, seed: int, encoder: str, np_: int,
+            configurations: tuple[str, ...] = CONFIGURATIONS) -> dict:
     workspace = workspace.resolve()
     env = workspace_env(workspace)
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -60,7 +64,10 @@ def prepare(workspace: Path, msd: Path, labelled: int, fold: int, seed: int, enc
     if (msd / "imagesUnlabeled").is_dir() and not (raw / "imagesUnlabeled").is_dir():
         run(["nnunet-llmseg", "convert-msd-unlabeled", "-i", str(msd), "-d", str(DATASET_ID)], env)
     if not (pre / "nnUNetPlans.json").is_file():
-        run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", str(np_)], env)
+        run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", *configurations, "-np", str(np_)], env)
+    missing = [c for c in configurations if not (pre / f"nnUNetPlans_{c}").is_dir()]
+    if missing:  # planned earlier for fewer configurations: preprocess only what is missing
+        run(["nnUNetv2_preprocess", "-d", str(DATASET_ID), "-c", *missing, "-np", *[str(np_)] * len(missing)], env)
     if not (pre / "text_priors.safetensors").is_file():
         label_map = REPO / "prior_generation" / "knowledge" / "label_maps" / "msd_hippocampus.json"
         run([sys.executable, "-m", "prior_generation", "-d", str(DATASET_ID), "--llm", "offline", "--encoder", encoder,
@@ -82,11 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encoder", default="minilm-l6-v2", help="text encoder for the priors (offline default)")
     p.add_argument("-np", type=int, default=2)
+    p.add_argument("-c", "--configurations", nargs="+", default=list(CONFIGURATIONS),
+                   help="configurations to preprocess (default: 3d_fullres 2d)")
     args = p.parse_args(argv)
     if not (args.msd / "dataset.json").is_file():
         print(f"MSD Hippocampus not found at {args.msd}", file=sys.stderr)
         return 2
-    prepare(args.workspace, args.msd, args.labelled, args.fold, args.seed, args.encoder, args.np)
+    prepare(args.workspace, args.msd, args.labelled, args.fold, args.seed, args.encoder, args.np,
+            tuple(args.configurations))
     print(f"ready: source {args.workspace.resolve() / 'env.sh'}")
     return 0
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 
-def build_trainer(name: str, dataset: str, configuration: str, fold: int, device):
+def build_trainer(name: str, dataset: str, configuration: str, fold: int, device, plans_name: str = "nnUNetPlans"):
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -38,7 +38,7 @@ def build_trainer(name: str, dataset: str, configuration: str, fold: int, device
     cls = recursive_find_trainer_class_by_name(name)
     dataset_name = maybe_convert_to_dataset_name(dataset)
     folder = join(nnUNet_preprocessed, dataset_name)
-    plans = load_json(join(folder, "nnUNetPlans.json"))
+    plans = load_json(join(folder, f"{plans_name}.json"))
     dataset_json = load_json(join(folder, "dataset.json"))
     plans["continue_training"] = False
     trainer = cls(plans=plans, configuration=configuration, fold=fold, dataset_json=dataset_json, device=device)
@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--configuration", default="3d_fullres")
     parser.add_argument("-f", "--fold", type=int, default=0)
     parser.add_argument("-device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainerLLMSeg", "nnUNetTrainerTAK"])
+    parser.add_argument("--trainers", nargs="*", default=["nnUNetTrainerLLMSeg", "nnUNetTrainerTAK"],
+                        help="trainers timed against the baseline (none: time the baseline alone)")
+    parser.add_argument("-p", "--plans", default="nnUNetPlans",
+                        help="plans identifier, e.g. a CPU copy written by nnunet-llmseg benchmark "
+                        "(nnUNetPlans_bs8_ps128x128)")
     parser.add_argument("--baseline", default="nnUNetTrainer")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations per trainer per round")
     parser.add_argument("--warmup", type=int, default=2)
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     trainers, batches = {}, {}
     for name in names:
         print(f"building {name} ...", flush=True)
-        trainers[name] = build_trainer(name, args.dataset, args.configuration, args.fold, device)
+        trainers[name] = build_trainer(name, args.dataset, args.configuration, args.fold, device, args.plans)
         batches[name] = cached_batches(trainers[name], max(2, min(args.iters, 4)))
         time_steps(trainers[name], batches[name], args.warmup)
 
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-        "dataset": args.dataset, "configuration": args.configuration,
+        "dataset": args.dataset, "configuration": args.configuration, "plans": args.plans,
         "patch_size": list(b0["data"].shape[2:]), "planned_batch": int(b0["data"].shape[0]),
         "iters_per_round": args.iters, "rounds": args.rounds, "results": rows,
     }

@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "nnunet_llmseg.data.unlabeled_preprocessing",  # preprocess-unlabeled, convert-msd-unlabeled
     "nnunet_llmseg.data.labelled_subset",  # subset
     "nnunet_llmseg.evaluation.report",  # evaluate
+    "nnunet_llmseg.benchmark.cli",  # benchmark
     "nnunet_llmseg.demo",  # demo
     "prior_generation.cli",  # generate-priors (same as python -m prior_generation)
 )

@@ -117,10 +117,12 @@ def test_staleness_follows_plans_and_raw_images(bits):
     mtime = (folder / "_complete.json").stat().st_mtime_ns
     assert preprocess_unlabeled(911, CFG, verbose=False) == folder
     assert (folder / "_complete.json").stat().st_mtime_ns == mtime, "up to date: nothing rewritten"
-    # a training-only plans edit (batch size) keeps the data; a preprocessing edit does not
+    # a training-only plans edit (batch or patch size, as in the benchmark's CPU plans) keeps the data;
+    # a preprocessing edit does not
     plans = json.loads(plans_file.read_text())
     edited = json.loads(json.dumps(plans))
     edited["configurations"][CFG]["batch_size"] = 7
+    edited["configurations"][CFG]["patch_size"] = [16] * len(plans["configurations"][CFG]["patch_size"])
     other = pre / "edited_plans.json"
     other.write_text(json.dumps(edited))
     assert not unlabeled_needs_preprocessing(pre, DATA_ID, other)

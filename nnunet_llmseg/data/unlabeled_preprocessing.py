@@ -123,8 +123,9 @@ def _resolved_configuration(plans_file: Path, configuration: str) -> dict:
 
 def _plans_hash(plans_file: str | Path, configuration: str) -> str:
     """Hash of what determines the preprocessed arrays: the resolved configuration (``inherits_from`` applied)
-    and the plans-level fields preprocessing reads. Training-only fields (batch size, architecture) are left
-    out, so editing them does not force re-preprocessing."""
+    and the plans-level fields preprocessing reads. Training-only fields (batch size, patch size, architecture)
+    are left out, so editing them (the benchmark's CPU plans copies) does not force re-preprocessing; the patch
+    size only sets the storage chunking, as for nnU-Net's own preprocessed data."""
     plans = json.loads(Path(plans_file).read_text())
     relevant = {
         k: plans.get(k)
@@ -136,7 +137,7 @@ def _plans_hash(plans_file: str | Path, configuration: str) -> str:
         )
     }
     cfg = _resolved_configuration(Path(plans_file), configuration)
-    relevant["configuration"] = {k: v for k, v in cfg.items() if k not in ("batch_size", "architecture")}
+    relevant["configuration"] = {k: v for k, v in cfg.items() if k not in ("batch_size", "patch_size", "architecture")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,317 @@
+"""``nnunet-llmseg benchmark``: its statistics, nnU-Net log reading, plans copies, trainer lookup, and one tiny real
+benchmark (interrupted, continued with ``--c``, then reused) through the real ``nnUNetv2_train``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from test_semi_supervised import copy_dataset
+
+from conftest import _bin, run_cli
+from nnunet_llmseg.benchmark.methods import (
+    METHOD_ALIASES,
+    MethodError,
+    ext_trainer_value,
+    find_trainer_class,
+    reads_labelled_subset,
+    resolve_method,
+    write_variant_module,
+)
+from nnunet_llmseg.benchmark.plans import PlansError, effective_configuration, make_override_plans
+from nnunet_llmseg.benchmark.stats import compare, gap_closed, paired_wilcoxon
+from nnunet_llmseg.benchmark.training_logs import parse_logs
+
+# ----------------------------------------------------------------------------------------------- statistics
+
+
+def _cases(values: list[float]) -> dict[str, float]:
+    return {f"case_{i:02d}": v for i, v in enumerate(values)}
+
+
+def test_wilcoxon_direction_known_values_and_edge_cases():
+    base = _cases([0.60, 0.62, 0.58, 0.70, 0.65, 0.61, 0.59, 0.66, 0.64, 0.63])
+    better = {c: v + 0.05 + 0.001 * i for i, (c, v) in enumerate(base.items())}
+    worse = {c: v - 0.05 - 0.001 * i for i, (c, v) in enumerate(base.items())}
+    p_better, note, n, nz = paired_wilcoxon(better, base)
+    p_worse, _, _, _ = paired_wilcoxon(worse, base)
+    # all 10 differences of one sign: exact two-sided p = 2 / 2^10; the test is symmetric in the direction
+    assert p_better == pytest.approx(2 / 2**10) and p_worse == pytest.approx(p_better)
+    assert note is None and (n, nz) == (10, 10)
+    # 6 positive differences: the smallest p the exact test can give with n = 6 (2 / 64)
+    six = _cases([0.5] * 6)
+    assert paired_wilcoxon({c: v + 0.01 * (i + 1) for i, (c, v) in enumerate(six.items())}, six)[0] == \
+        pytest.approx(2 / 64)
+    # a method that is better on some cases and worse on others: no evidence
+    mixed = {c: v + (0.02 if i % 2 else -0.021) * (1 + i / 10) for i, (c, v) in enumerate(base.items())}
+    p_mixed = paired_wilcoxon(mixed, base)[0]
+    assert p_mixed > 0.3 and p_mixed > p_better
+    # a weaker effect (two cases against) gives a larger p than the consistent one
+    weaker = dict(better)
+    weaker["case_00"], weaker["case_01"] = base["case_00"] - 0.01, base["case_01"] - 0.02
+    assert p_better < paired_wilcoxon(weaker, base)[0] < 0.05
+    # identical scores: p = 1 and said so; too few non-zero differences: no p-value, and why
+    p_same, note_same, _, nz_same = paired_wilcoxon(dict(base), base)
+    assert p_same == 1.0 and nz_same == 0 and "zero" in note_same
+    five = dict(base)
+    for c in list(base)[:5]:
+        five[c] = base[c] + 0.1
+    p5, note5, n5, nz5 = paired_wilcoxon(five, base)
+    assert p5 is None and (n5, nz5) == (10, 5) and "< 6" in note5
+    # only cases scored by both runs are paired
+    assert paired_wilcoxon({"x": 0.5}, base)[:3] == (None, "no validation case scored by both runs", 0)
+
+
+def test_gap_share_and_comparison_entry():
+    assert gap_closed(0.7, 0.6, 0.8)[0] == pytest.approx(0.5)
+    assert gap_closed(0.9, 0.6, 0.8)[0] == pytest.approx(1.5)  # better than all labels
+    assert gap_closed(0.5, 0.6, 0.8)[0] == pytest.approx(-0.5)  # worse than labelled-only
+    for all_labels in (0.6, 0.55):  # no gap (all labels not better): undefined, with the reason
+        value, note = gap_closed(0.7, 0.6, all_labels)
+        assert value is None and "did not beat" in note
+    assert gap_closed(0.7, 0.6, None) == (None, "no all-labels run in this benchmark")
+    base = _cases([0.6] * 8)
+    method = {c: 0.7 for c in base}
+    entry = compare(method, base, 0.7, 0.6, 0.8).to_json()
+    assert entry["dice_diff"] == pytest.approx(0.1) and entry["gap_closed"] == pytest.approx(0.5)
+    assert entry["p_value"] < 0.01 and entry["n_pairs"] == 8
+    assert {"dice_diff", "p_value", "gap_closed"} <= set(entry)
+
+
+# ----------------------------------------------------------------------------------------------- logs
+
+
+def _log(path: Path, start: str, lines: list[str]) -> None:
+    header = ["", "#######################################################################",
+              "Please cite the following paper when using nnU-Net:", "#######################################", " "]
+    path.write_text("\n".join(header + [f"{start}.{i:06d}: {line} " for i, line in enumerate(lines)]) + "\n")
+
+
+def test_training_logs_give_curves_times_and_subset(tmp_path):
+    fold = tmp_path / "fold_0"
+    fold.mkdir()
+    first = ["Labelled subset (fold 0, rule count=2, seed 0): 2 labelled, 3 training cases used as unlabelled, "
+             "2 validation cases. Labelled: ['b_case', 'a_case']",
+             "Epoch 0", "Current learning rate: 0.01", "train_loss 1.0", "val_loss 0.9",
+             "Pseudo dice [np.float32(0.2), np.float32(0.4)]", "Epoch time: 10.0 s",
+             "Epoch 1", "train_loss 0.8", "Pseudo dice [np.float32(0.3), np.float32(nan)]", "Epoch time: 12.5 s",
+             "Epoch 2", "train_loss 0.7"]  # cut off inside epoch 2
+    _log(fold / "training_log_2026_1_5_09_00_00.txt", "2026-01-05 09:00:00", first)
+    # --c from the checkpoint of epoch 1: epoch 1 is not repeated, epoch 2 runs again in the second file
+    second = ["Epoch 2", "Pseudo dice [0.5, 0.7]", "Epoch time: 11.5 s", "Epoch 3", "Pseudo dice [0.6, 0.8]",
+              "Epoch time: 11.0 s", "Training done."]
+    _log(fold / "training_log_2026_1_5_10_00_00.txt", "2026-01-05 10:00:00", second)
+    (fold / "training_log_notes.txt").write_text("not nnU-Net's\n")
+    logs = parse_logs(fold)
+    assert logs.n_files == 2 and logs.epochs == [0, 1, 2, 3]
+    assert logs.mean_pseudo_dice == pytest.approx([0.3, 0.3, 0.6, 0.7])  # nan-mean, as nnU-Net's mean_fg_dice
+    ema = [0.3, 0.9 * 0.3 + 0.1 * 0.3, 0.9 * 0.3 + 0.1 * 0.6]
+    ema.append(0.9 * ema[-1] + 0.1 * 0.7)
+    assert logs.ema_pseudo_dice == pytest.approx(ema)
+    assert logs.mean_epoch_seconds() == pytest.approx((12.5 + 11.5 + 11.0) / 3)  # first epoch left out
+    assert logs.labelled == ["a_case", "b_case"]
+    assert logs.session_seconds == pytest.approx([(len(first) - 1) * 1e-6, (len(second) - 1) * 1e-6])
+
+
+# ----------------------------------------------------------------------------------------------- plans, trainers
+
+
+def test_cpu_plans_copy_shares_the_preprocessed_data(tiny_dataset):
+    pre = tiny_dataset.preprocessed_folder
+    original = json.loads((pre / "nnUNetPlans.json").read_text())
+    assert make_override_plans(pre, "3d_fullres") == "nnUNetPlans"
+    name = make_override_plans(pre, "3d_fullres", batch_size=3, patch_size=[16, 16, 24])
+    assert name == "nnUNetPlans_bs3_ps16x16x24"
+    copy = json.loads((pre / f"{name}.json").read_text())
+    assert copy["plans_name"] == name
+    cfg, orig_cfg = copy["configurations"]["3d_fullres"], original["configurations"]["3d_fullres"]
+    assert (cfg["batch_size"], cfg["patch_size"]) == (3, [16, 16, 24])
+    assert {k: v for k, v in cfg.items() if k not in ("batch_size", "patch_size")} == \
+        {k: v for k, v in orig_cfg.items() if k not in ("batch_size", "patch_size")}  # same data_identifier etc.
+    assert effective_configuration(pre, name, "3d_fullres")["data_identifier"] == orig_cfg["data_identifier"]
+    with pytest.raises(PlansError, match=r"multiple of the network's total stride \[8, 8, 8\].*e\.g\. 16 16 24"):
+        make_override_plans(pre, "3d_fullres", patch_size=[12, 16, 20])
+    with pytest.raises(PlansError, match="3-D patches"):
+        make_override_plans(pre, "3d_fullres", patch_size=[16, 16])
+    with pytest.raises(PlansError, match="no configuration '2d_nope'"):
+        make_override_plans(pre, "2d_nope", batch_size=2)
+    (pre / f"{name}.json").unlink()
+
+
+def test_methods_resolve_like_nnunet_including_user_trainers(tmp_path, monkeypatch):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    assert resolve_method("all_labels") is nnUNetTrainer and not reads_labelled_subset(nnUNetTrainer)
+    lo = resolve_method("labelled_only")
+    assert lo.__name__ == METHOD_ALIASES["labelled_only"] and reads_labelled_subset(lo)
+    with pytest.raises(MethodError, match=r"no trainer class 'nnUNetTrainerNope'.*labelled_only"):
+        resolve_method("nnUNetTrainerNope")
+    # a user's tuning variant in their own nnUNet_extTrainer folder, and our generated schedule variant of it
+    user = tmp_path / "user_trainers"
+    user.mkdir()
+    (user / "my_tuning.py").write_text(
+        "from nnunet_llmseg.trainers import nnUNetTrainerLLMSeg\n\n"
+        "class MyLLMSegLongRamp(nnUNetTrainerLLMSeg):\n    rampup_fraction = 0.5\n")
+    variants = tmp_path / "variants"
+    monkeypatch.setenv("nnUNet_extTrainer", ext_trainer_value(variants, f"{user}{os.pathsep}"
+                                                              f"{os.environ.get('nnUNet_extTrainer', '')}"))
+    base = resolve_method("MyLLMSegLongRamp")
+    assert base.rampup_fraction == 0.5 and reads_labelled_subset(base)
+    name = write_variant_module(variants, "MyLLMSegLongRamp", 3, 7)
+    assert name == "MyLLMSegLongRamp_3epochs_7it"
+    variant = find_trainer_class(name)  # nnU-Net's own search order finds the generated module first
+    # (nnU-Net re-imports modules of external folders on every search, so compare by name, not identity)
+    assert variant is not None and variant.__name__ == name
+    assert "MyLLMSegLongRamp" in [c.__name__ for c in variant.__mro__] and variant.rampup_fraction == 0.5
+    import inspect
+
+    assert "save_every" in inspect.getsource(variant.__init__)
+
+
+# ----------------------------------------------------------------------------------------------- ACDC preparation
+
+
+def test_acdc_ssl4mis_split_becomes_fold_0(tmp_path):
+    acdc = Path(__file__).resolve().parents[2] / "shared" / "data" / "ACDC"
+    if not (acdc / "splits_ssl4mis.json").is_file():
+        pytest.skip(f"ACDC not available at {acdc}")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import prepare_acdc
+
+    split = prepare_acdc.read_ssl4mis_split(acdc)
+    assert (len(split["train"]), len(split["val"])) == (140, 20)
+    for n, key in prepare_acdc.LABELLED_SETS.items():  # both frames of n patients, all training volumes
+        assert len(split[key]) == 2 * n and set(split[key]) <= set(split["train"])
+    pre = tmp_path / "pre"
+    prepare_acdc.write_splits(pre, split)
+    folds = json.loads((pre / "splits_final.json").read_text())
+    assert len(folds) == 1 and folds[0] == {"train": sorted(split["train"]), "val": sorted(split["val"])}
+    prepare_acdc.write_splits(pre, split)  # same split again: accepted, unchanged
+    folds[0]["val"] = folds[0]["val"][:-1]
+    (pre / "splits_final.json").write_text(json.dumps(folds))
+    with pytest.raises(prepare_acdc.PrepareError, match="another fold 0"):
+        prepare_acdc.write_splits(pre, split)
+
+
+# ----------------------------------------------------------------------------------------------- real benchmark
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_dataset):
+    name, _raw, pre = copy_dataset(tiny_dataset, 915, "LLMSegBench")
+    return {"name": name, "pre": pre, "env": tiny_dataset.env, "id": 915}
+
+
+def _benchmark_cmd(bench, out: Path, results: Path) -> list[str]:
+    return ["nnunet-llmseg", "benchmark", "-d", str(bench["id"]), "-c", "3d_fullres", "-f", "0",
+            "--methods", "labelled_only", "all_labels", "--labelled", "2", "--seed", "1", "--epochs", "2",
+            "--iters", "3", "-device", "cpu", "--out", str(out), "--results", str(results), "--parallel", "2",
+            "-np", "1"]
+
+
+@pytest.mark.slow
+def test_benchmark_survives_interruption_continues_and_reuses(bench, tmp_path):
+    """Interrupted after the first epoch (SIGTERM, as a time limit sends), continued with --c, then reused."""
+    out, results = tmp_path / "out", tmp_path / "results_subset"
+    env = bench["env"].environ()
+    cmd = _benchmark_cmd(bench, out, results)
+    lo_dir = results / bench["name"] / "nnUNetTrainerLabelledOnly_2epochs_3it__nnUNetPlans__3d_fullres"
+    all_dir = Path(env["nnUNet_results"]) / bench["name"] / "nnUNetTrainer_2epochs_3it__nnUNetPlans__3d_fullres"
+    latest = lo_dir / "fold_0" / "checkpoint_latest.pth"
+
+    proc = subprocess.Popen([_bin(cmd[0]), *cmd[1:]], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 600
+    while not (latest.is_file() and zipfile.is_zipfile(latest)):  # the first epoch's checkpoint, complete
+        assert proc.poll() is None, f"benchmark ended before the first checkpoint:\n{proc.stdout.read()}"
+        assert time.time() < deadline, "no checkpoint_latest.pth within 10 minutes"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    first_out = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, first_out
+    assert "run the same command again to continue" in first_out
+    info = json.loads((lo_dir / "fold_0_benchmark.json").read_text())
+    assert info["status"] == "interrupted" and info["labelled"] == sorted(info["labelled"])
+    assert len(info["labelled"]) == 2 and info["sessions"][0]["returncode"] != 0
+    assert not (lo_dir / "fold_0" / "checkpoint_final.pth").exists()
+
+    second = run_cli(cmd, env=env, timeout=900).stdout
+    assert "labelled_only: nnUNetTrainerLabelledOnly_2epochs_3it [continue]" in second, second
+    info = json.loads((lo_dir / "fold_0_benchmark.json").read_text())
+    assert [s["mode"] for s in info["sessions"]] == ["train", "continue"] and info["status"] == "finished"
+    assert info["sessions"][1]["command"].endswith("--c")
+    assert parse_logs(lo_dir / "fold_0").epochs == [0, 1]
+    first_epochs = [line for line in sorted((lo_dir / "fold_0").glob("training_log_*.txt"))[-1].read_text()
+                    .splitlines() if ": Epoch " in line]
+    assert first_epochs[0].rstrip().endswith("Epoch 1"), "the continuation must resume after epoch 0"
+    assert (all_dir / "fold_0" / "checkpoint_final.pth").is_file(), "all_labels ignores the subset: shared root"
+
+    results_json = json.loads((out / "results.json").read_text())
+    assert {"dataset", "configuration", "fold", "n_labelled", "schedule", "device", "command", "rows"} <= \
+        set(results_json)
+    assert (results_json["dataset"], results_json["configuration"], results_json["fold"]) == \
+        (bench["name"], "3d_fullres", 0)
+    assert results_json["n_labelled"] == 2 and results_json["schedule"] == {"epochs": 2, "iters": 3}
+    assert results_json["device"] == "cpu" and "benchmark -d 915" in results_json["command"]
+    rows = {r["method"]: r for r in results_json["rows"]}
+    assert list(rows) == ["labelled_only", "all_labels"]
+    required = {"method", "trainer", "dice_mean", "hd95_mean", "per_class", "wall_seconds", "epoch_seconds"}
+    classes = {"hippocampus_anterior", "hippocampus_posterior"}
+    for r in rows.values():
+        assert required <= set(r) and set(r["per_class"]) == classes
+        assert 0.0 <= r["dice_mean"] <= 1.0 and r["epoch_seconds"] > 0 and r["curve"]["epoch"] == [0, 1]
+        assert set(r["per_case_dice"]) == set(results_json["validation_cases"])
+        assert r["hyperparameters"]["num_epochs"] == "2" and r["hyperparameters"]["save_every"] == "1"
+    assert "vs_labelled_only" not in rows["labelled_only"]
+    vs = rows["all_labels"]["vs_labelled_only"]
+    assert {"dice_diff", "p_value", "gap_closed"} <= set(vs)
+    assert vs["dice_diff"] == pytest.approx(rows["all_labels"]["dice_mean"] - rows["labelled_only"]["dice_mean"])
+    assert vs["p_value"] is None and vs["n_pairs"] == len(results_json["validation_cases"]) < 6
+    # the interrupted session's time is part of the run's cost
+    lo_info = json.loads((lo_dir / "fold_0_benchmark.json").read_text())
+    assert rows["labelled_only"]["wall_seconds"] == pytest.approx(sum(s["seconds"] for s in lo_info["sessions"]))
+    assert rows["labelled_only"]["wall_seconds"] > lo_info["sessions"][1]["seconds"] > 0
+    md = (out / "results.md").read_text()
+    assert results_json["command"] in md and "| method | Dice | Jaccard | HD95 | ASD |" in md
+    for png in ("metrics.png", "curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # third time: everything is reused, nothing trains, the wall times stay those of the training
+    third = run_cli(cmd, env=env, timeout=300).stdout
+    assert "[done]" in third and " train: " not in third and " continue: " not in third
+    again = json.loads((out / "results.json").read_text())
+    assert [r["wall_seconds"] for r in again["rows"]] == [r["wall_seconds"] for r in results_json["rows"]]
+    assert len(json.loads((lo_dir / "fold_0_benchmark.json").read_text())["sessions"]) == 2
+
+
+def test_benchmark_refuses_runs_of_another_subset_and_bad_options(bench, tmp_path, capsys):
+    """Clear errors before anything trains (exit code 2, the message names what to change); run in-process."""
+    from nnunet_llmseg.cli import main
+
+    out, results = tmp_path / "out", tmp_path / "results"
+    trainer_dir = results / bench["name"] / "nnUNetTrainerLabelledOnly_2epochs_3it__nnUNetPlans__3d_fullres"
+    (trainer_dir / "fold_0").mkdir(parents=True)
+    (trainer_dir / "fold_0_benchmark.json").write_text(json.dumps({"labelled": ["tiny_000"], "sessions": []}))
+    with zipfile.ZipFile(trainer_dir / "fold_0" / "checkpoint_latest.pth", "w") as z:
+        z.writestr("data.pkl", b"")  # a complete archive: the run counts as continuable
+    args = _benchmark_cmd(bench, out, results)[1:]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "was trained with 1 labelled cases" in err and "--results DIR" in err
+    assert sorted(p.name for p in (trainer_dir / "fold_0").iterdir()) == ["checkpoint_latest.pth"]
+    assert not out.joinpath("results.json").exists()
+    for extra, message in ((["--methods", "nnUNetTrainerNope"], "no trainer class 'nnUNetTrainerNope'"),
+                           (["--patch-size", "20", "20", "20"], "multiple of the network's total stride")):
+        assert main([*args, *extra]) == 2
+        assert message in capsys.readouterr().err
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
