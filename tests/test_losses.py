@@ -415,3 +415,30 @@ def test_teacher_reliability_is_the_ema_of_the_labelled_hard_foreground_dice():
     assert gate.update(0, logits, torch.zeros_like(target)).item() == pytest.approx(0.6)  # unchanged
     assert gate.reliability[1].item() == 0.0  # the other network has shown nothing yet
     assert "reliability" in gate.state_dict()  # checkpointed with the weights
+
+
+def test_teacher_reliability_per_class_gates_on_the_worst_class_seen():
+    """A teacher that has learnt class 1 but predicts class 2 as background must not teach (issue 11: the
+    mean-Dice gate let LLM-SegNet's pseudo-labels erase the small class)."""
+    from nnunet_llmseg.losses.teacher_reliability import TeacherReliability, hard_dice_per_class
+
+    target = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    target[0, 0, 0, :2] = 1
+    target[0, 0, 3, :2] = 2
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[:, 0] = 1.0
+    logits[0, 1, 0, :2] = 5.0  # class 1 perfect, class 2 missed
+    dice, present = hard_dice_per_class(logits, target)
+    assert dice.tolist() == [1.0, 0.0] and present.tolist() == [True, True]
+
+    gate = TeacherReliability(2, momentum=0.5, num_classes=2)
+    assert gate.update(0, logits, target).item() == 0.0  # the worst class decides
+    logits[0, 2, 3, :2] = 5.0  # now class 2 is learnt as well
+    assert gate.update(0, logits, target).item() == pytest.approx(0.5)  # EMAs: class 1 0.75, class 2 0.5
+    only_one = target.clone()
+    only_one[only_one == 2] = 0  # a batch without class 2 leaves its statistic unchanged
+    assert gate.update(0, logits, only_one).item() == pytest.approx(0.5)
+    assert gate.class_dice[0].tolist() == pytest.approx([0.875, 0.5])
+    assert gate.update(1, logits, only_one).item() == pytest.approx(0.5)  # net b has seen class 1 only
+    with pytest.raises(ValueError, match="predicts 2 foreground classes"):
+        TeacherReliability(2, num_classes=3).update(0, logits, target)

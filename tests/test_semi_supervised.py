@@ -142,6 +142,10 @@ def test_corrupt_unlabelled_image_names_the_file_and_leaves_nothing_half_written
 
 
 def test_batch_split_defaults():
+    from nnunet_llmseg.trainers.semi_supervised import nnUNetTrainerSemiSupervised
+
+    assert nnUNetTrainerSemiSupervised.unlabelled_batch_ratio == 1.0  # planned labelled batch + as many unlabelled
+    # the split used with unlabelled_batch_ratio = None
     assert get_unlabeled_batch_size(2) == (1, 1)
     assert get_unlabeled_batch_size(9) == (5, 4)
     assert get_unlabeled_batch_size(1) == (1, 1)
@@ -163,8 +167,9 @@ def test_loader_batches_and_labels_of_unlabelled_cases_are_never_read(semi):
         assert sorted(trainer.unlabeled_train_keys) == semi["subset"]["unlabelled"]
         for _ in range(3):
             batch = next(train_loader)
-            assert batch["data"].shape == (1, 1, 32, 32, 32) and batch["data"].dtype == torch.float32
-            assert batch["data_u"].shape == (1, 1, 32, 32, 32) and batch["data_u"].dtype == torch.float32
+            # default: nnU-Net's planned batch (2) of labelled crops plus as many unlabelled crops
+            assert batch["data"].shape == (2, 1, 32, 32, 32) and batch["data"].dtype == torch.float32
+            assert batch["data_u"].shape == (2, 1, 32, 32, 32) and batch["data_u"].dtype == torch.float32
             assert set(batch["keys"]) <= set(semi["subset"]["labelled"])
             assert torch.isfinite(batch["data_u"]).all() and batch["data_u"].abs().max() < 50
     finally:
@@ -295,3 +300,19 @@ def test_resume_restores_both_networks_optimiser_and_schedule(semi, trainer_name
     t1.current_epoch = t2.current_epoch
     assert t2.unsup_weight() == t1.unsup_weight()
     assert t2.logger.get_value("unsup_losses", None) == t1.logger.get_value("unsup_losses", None)
+
+
+# ---- every class is learned (issue 11: TAK collapsed to background, LLM-SegNet lost the small class) -----------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerTAK_5epochs_10it", "nnUNetTrainerLLMSeg_5epochs_10it"])
+def test_every_class_is_learned_from_two_labelled_cases(semi, trainer):
+    """A short real run on 2 labelled + 2 unlabelled tiny cases must segment both structures of the validation
+    cases. The pre-fix TAK collapsed here: both networks predicted background and taught each other that."""
+    run_cli(["nnUNetv2_train", "903", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
+            env=semi["tiny"].env.environ())
+    fold = semi["tiny"].env.results / semi["name"] / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    per_class = {k: v["Dice"] for k, v in summary["mean"].items()}
+    assert set(per_class) == {"1", "2"}, per_class
+    assert min(per_class.values()) > 0.5, f"{trainer}: a class is not learned: {per_class}"

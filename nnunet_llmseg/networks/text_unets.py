@@ -163,13 +163,16 @@ class TwinNetwork(nn.Module):
     """
 
     def __init__(self, net_a: nn.Module, net_b: nn.Module, predict_networks: str = "both",
-                 has_regions: bool = False, training_state: nn.Module | None = None) -> None:
+                 has_regions: bool = False, training_state: nn.Module | None = None,
+                 num_outputs: int | None = None) -> None:
         super().__init__()
         #: small training-only state that must survive a resume (e.g. TAK's class-weight statistics); kept here
         #: so nnU-Net's checkpointing, DDP buffer sync and strict loading handle it like any other buffer
         self.training_state = training_state
-        #: each network's reliability as a teacher (EMA of its labelled-batch Dice), checkpointed with the weights
-        self.teacher_reliability = TeacherReliability(2)
+        #: each network's reliability as a teacher (per-class EMA of its labelled-batch Dice, the worst class
+        #: counts), checkpointed with the weights; ``num_outputs``: the networks' output channels
+        fg = None if num_outputs is None else (num_outputs if has_regions else num_outputs - 1)
+        self.teacher_reliability = TeacherReliability(2, num_classes=fg)
         if predict_networks not in ("both", "a", "b"):
             raise ValueError(f"{PREDICT_NETWORKS_ENV} must be 'both', 'a' or 'b', got {predict_networks!r}")
         self.net_a = net_a

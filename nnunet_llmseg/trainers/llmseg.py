@@ -39,7 +39,8 @@ class nnUNetTrainerLLMSeg(nnUNetTrainerCoTraining):
                                                             enable_deep_supervision)
             return TextFusedUNet(unet, spec["num_heads"], spec["text_dim"], use_text=cls.use_text)
 
-        return TwinNetwork(one(), one(), predict_networks_from_env(), has_regions=twin_has_regions(plans_manager))
+        return TwinNetwork(one(), one(), predict_networks_from_env(), has_regions=twin_has_regions(plans_manager),
+                           num_outputs=num_output_channels)
 
     def _build_unsupervised_loss(self) -> nn.Module:
         return UnifiedSegmentationLoss(tau=self.usl_tau, negative_learning=self.usl_negative_learning,

@@ -291,7 +291,8 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
             return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager,
                                                             num_input_channels, num_output_channels,
                                                             enable_deep_supervision)
-        return TwinNetwork(one(), one(), predict_networks_from_env(), has_regions=twin_has_regions(plans_manager))
+        return TwinNetwork(one(), one(), predict_networks_from_env(), has_regions=twin_has_regions(plans_manager),
+                           num_outputs=num_output_channels)
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         unwrap(self.network).set_deep_supervision(enabled)

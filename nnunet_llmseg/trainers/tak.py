@@ -75,7 +75,8 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
             "a": build_class_balance(cls._balance_kind("a"), num_output_channels, regions=regions),
             "b": build_class_balance(cls._balance_kind("b"), num_output_channels, regions=regions),
         })
-        return TwinNetwork(one(), one(), predict_networks_from_env(), has_regions=regions, training_state=balance)
+        return TwinNetwork(one(), one(), predict_networks_from_env(), has_regions=regions, training_state=balance,
+                           num_outputs=num_output_channels)
 
     @classmethod
     def _balance_kind(cls, net: str) -> str:
