@@ -301,18 +301,3 @@ def test_resume_restores_both_networks_optimiser_and_schedule(semi, trainer_name
     assert t2.unsup_weight() == t1.unsup_weight()
     assert t2.logger.get_value("unsup_losses", None) == t1.logger.get_value("unsup_losses", None)
 
-
-# ---- every class is learned (issue 11: TAK collapsed to background, LLM-SegNet lost the small class) -----------
-
-@pytest.mark.slow
-@pytest.mark.parametrize("trainer", ["nnUNetTrainerTAK_5epochs_10it", "nnUNetTrainerLLMSeg_5epochs_10it"])
-def test_every_class_is_learned_from_two_labelled_cases(semi, trainer):
-    """A short real run on 2 labelled + 2 unlabelled tiny cases must segment both structures of the validation
-    cases. The pre-fix TAK collapsed here: both networks predicted background and taught each other that."""
-    run_cli(["nnUNetv2_train", "903", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
-            env=semi["tiny"].env.environ())
-    fold = semi["tiny"].env.results / semi["name"] / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
-    summary = json.loads((fold / "validation" / "summary.json").read_text())
-    per_class = {k: v["Dice"] for k, v in summary["mean"].items()}
-    assert set(per_class) == {"1", "2"}, per_class
-    assert min(per_class.values()) > 0.5, f"{trainer}: a class is not learned: {per_class}"
