@@ -188,7 +188,7 @@ def test_unlabelled_augmentation_changes_crops(semi):
     raw_loader = loader.data_loader if hasattr(loader, "data_loader") else loader
     raw_loader.transforms = None
     plain = [next(loader)["data"] for _ in range(6)]
-    assert all(p.shape == (1, 1, 32, 32, 32) for p in plain)
+    assert all(p.shape == (2, 1, 32, 32, 32) for p in plain)  # as many unlabelled crops as the planned batch
     trainer2 = build_trainer("nnUNetTrainerLLMSeg", semi["name"], semi["pre"])
     trainer2.initialize()
     trainer2.get_tr_and_val_datasets()
