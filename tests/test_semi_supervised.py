@@ -234,7 +234,7 @@ def test_trainers_refuse_missing_or_mismatched_priors(tiny_dataset, semi):
 # ---- training, prediction, resume ------------------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trainer", ["nnUNetTrainerLLMSeg_2epochs_3it", "nnUNetTrainerTAK_2epochs_3it"])
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerLLMSeg_2epochs_3it"])  # TAK's real run: tests/test_demo.py
 def test_trainer_trains_two_tiny_epochs_and_predicts(semi, trainer, tmp_path):
     env = semi["tiny"].env.environ()
     run_cli(["nnUNetv2_train", "903", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env=env)

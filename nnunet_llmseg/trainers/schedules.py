@@ -12,7 +12,7 @@ import torch
 
 STANDARD_EPOCHS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 250, 500)
 #: (epochs, iterations per epoch) pairs pre-registered for tests, the demo and CPU benchmarks
-SHORT_SCHEDULES: tuple[tuple[int, int], ...] = ((2, 3), (5, 10), (10, 25), (20, 25), (50, 25))
+SHORT_SCHEDULES: tuple[tuple[int, int], ...] = ((2, 3), (5, 10), (10, 10), (10, 25), (20, 25), (50, 25))
 
 
 def schedule_name(base: type, epochs: int, iterations: int | None = None) -> str:
