@@ -74,7 +74,7 @@ def prepare(workspace: Path, msd: Path, labelled: int, fold: int, seed: int, enc
              "--label-map", str(label_map)], env)
     if not (pre / f"labelled_subset_fold{fold}.json").is_file():
         run(["nnunet-llmseg", "subset", "-d", str(DATASET_ID), "-f", str(fold), "--count", str(labelled),
-             "--seed", str(seed)], env)
+             "--seed", str(seed), "-c", configurations[0]], env)  # the first configuration prepared
     (workspace / "env.sh").write_text("".join(f"export {k}={env[k]}\n"
                                               for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")))
     return env
