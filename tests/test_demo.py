@@ -7,11 +7,14 @@ It is also the suite's real ``nnUNetv2_train`` / ``nnUNetv2_predict`` run of TAK
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 from conftest import run_cli
+from nnunet_llmseg.trainers.tak import nnUNetTrainerTAK
+from nnunet_llmseg.trainers.text_priors import stacked_rows
 from prior_generation.priors_file import load_priors
 
 
@@ -36,10 +39,21 @@ def test_demo_runs_end_to_end_offline(tmp_path):
 
     # the trained TAK checkpoint rebuilds from the priors alone: shape + location texts as persistent buffers
     fold = next((out / "nnUNet_results" / "Dataset990_LLMSegDemo").glob("nnUNetTrainerTAK_*/fold_0"))
+    assert (fold / "validation" / "summary.json").is_file() and (fold / "progress.png").is_file()
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    expected = torch.from_numpy(load_priors(pre).embeddings["tak_shape"])
+    priors = load_priors(pre)
+    expected = stacked_rows(priors, nnUNetTrainerTAK.text_keys, list(range(len(priors.class_names))))
     for net in ("net_a", "net_b"):
-        buf = ckpt["network_weights"][f"{net}.text_embeddings"]
-        torch.testing.assert_close(buf[:, : expected.shape[1]], expected)
-    assert len(ckpt["logging"]["unsup_losses"]) == 10  # one semi-supervised log entry per epoch
+        torch.testing.assert_close(ckpt["network_weights"][f"{net}.text_embeddings"], expected)
+    log = ckpt["logging"]
+    assert len(log["unsup_losses"]) == 10 and len(log["confident_fraction"]) == 10  # one entry per epoch
     assert "contrast_loss" in next(fold.glob("training_log_*.txt")).read_text()
+
+    # one network of the pair predicts on its own (what the TAK smoke test in test_semi_supervised.py checked)
+    env = dict(os.environ, nnUNet_raw=str(out / "nnUNet_raw"), nnUNet_preprocessed=str(pre.parent),
+               nnUNet_results=str(out / "nnUNet_results"), NNUNET_LLMSEG_PREDICT_NETWORKS="a")
+    images = out / "nnUNet_raw" / "Dataset990_LLMSegDemo" / "imagesTs"
+    run_cli(["nnUNetv2_predict", "-i", str(images), "-o", str(tmp_path / "pred_a"), "-d", "990", "-c", "3d_fullres",
+             "-f", "0", "-tr", fold.parent.name.split("__")[0], "-device", "cpu", "--disable_tta", "-npp", "1",
+             "-nps", "1"], env=env)
+    assert sorted(p.name for p in (tmp_path / "pred_a").glob("*.nii.gz")) == ["test_000.nii.gz", "test_001.nii.gz"]
