@@ -12,7 +12,7 @@
 Why TAK and 10 x 10 iterations by default: the synthetic data has a large bright structure and a small, fainter
 one next to it. The small one is learnt abruptly, after some 20-40 iterations, at a point that varies from run to
 run: with 5 x 10 iterations it was still unlearnt (Dice ~0.0) at the end of 2 of 6 TAK runs, one of them in CI;
-with 10 x 10 it was learnt in every run measured (5 of 5 on 32^3 volumes, 3 of 3 on the present 24 x 24 x 32
+with 10 x 10 it was learnt in every run measured (5 of 5 on 32^3 volumes, 4 of 4 on the present 24 x 24 x 32
 volumes; final Dice 0.96-0.99 where the end was recorded). The demo is a check that the whole path works, not a
 comparison of methods: ``--method llmseg`` runs LLM-SegNet on the same schedule, and ``nnunet-llmseg benchmark``
 is the command that compares methods.
