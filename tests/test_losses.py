@@ -262,6 +262,7 @@ def test_difficulty_weights_rise_for_a_class_made_harder():
     labels = _labels([40, 30, 30])
     good = _perfect_probs(labels, 3) * 0.8 + 0.2 / 3
     good[:, :, 70:75] = torch.tensor([0.0, 1.0, 0.0])[None, :, None]  # class 2 a little worse than the rest
+    good[:, :, 40:44] = torch.tensor([1.0, 0.0, 0.0])[None, :, None]  # class 1 misses a few voxels too
     for _ in range(3):
         diff.update(good, labels)
     before = diff.weights()
@@ -275,6 +276,28 @@ def test_difficulty_weights_rise_for_a_class_made_harder():
     assert after.mean().item() == pytest.approx(1.0)
     # DiffDW's "unlearn" statistic registered the drop of class 2's Dice, "learn" did not
     assert diff.unlearn[2] > 0 and diff.learn[2] == 0
+
+
+def test_difficulty_from_recall_does_not_reward_a_class_own_false_positives():
+    """Issue 11: with DHC's Dice as the difficulty score, a class that starts predicting itself on background
+    gets a larger weight (which brings more false positives); with recall its weight does not rise."""
+    labels = _labels([60, 20, 20])
+    probs = _perfect_probs(labels, 3)
+    weights = {}
+    for measure in ("dice", "recall"):
+        diff = DistributionDifficultyWeights(3, mode="diff", difficulty_momentum=0.5, difficulty_measure=measure)
+        for _ in range(3):
+            diff.update(probs, labels)
+        before = diff.weights()[1].item()
+        for n_fp in (10, 20, 30, 40):  # class 1 spreads over more and more background voxels; nothing missed
+            spread = probs.clone()
+            spread[:, :, :n_fp] = torch.tensor([0.0, 1.0, 0.0])[None, :, None]
+            diff.update(spread, labels)
+        weights[measure] = (before, diff.weights()[1].item())
+    assert weights["dice"][1] > 1.2 * weights["dice"][0]
+    assert weights["recall"][1] <= weights["recall"][0] + 1e-6
+    with pytest.raises(ValueError, match="difficulty_measure"):
+        DistributionDifficultyWeights(3, difficulty_measure="f1")
 
 
 def test_dhc_statistics_are_checkpointed_and_ignore_label_is_skipped():
@@ -370,14 +393,22 @@ def test_build_class_balance_names_and_errors():
 
 
 def test_pseudo_label_losses_are_cross_entropies_that_skip_unconfident_voxels():
-    """DHC supervises pseudo-labels with the class-weighted CE only (no Dice); ``none`` is plain CPS."""
+    """Pseudo-labels get the CE only (no Dice): plain by default (``dhc`` and ``none``), class-weighted as in DHC
+    with ``weight_pseudo_labels=True``."""
     logits = torch.log(torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.9, 0.1], [0.5, 0.5]])).t()[None]  # (1, 2, 4)
     plab = torch.tensor([[0, 1, 1, -1]])  # the last voxel: peer not confident
     ce = [-math.log(0.7), -math.log(0.6), -math.log(0.1)]
-    dhc = build_class_balance("dhc", 2)
-    w = dhc.weights()
+    skewed = _labels([90, 10])  # background frequent: DistDW gives it the floor weight
+    dhc = build_class_balance("dhc_dist", 2)
+    dhc_weighted = build_class_balance("dhc_dist", 2, weight_pseudo_labels=True)
+    for module in (dhc, dhc_weighted):
+        module.update(_perfect_probs(skewed, 2), skewed)
+    w = dhc_weighted.weights()
+    assert w[0] < 0.5 * w[1]  # the weights really differ, so the two losses below must too
     expected = (w[0] * ce[0] + w[1] * (ce[1] + ce[2])) / (w[0] + 2 * w[1])
-    assert dhc.pseudo_label_loss(logits, plab).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert dhc_weighted.pseudo_label_loss(logits, plab).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert dhc.pseudo_label_loss(logits, plab).item() == pytest.approx(sum(ce) / 3, rel=1e-5)
+    assert torch.equal(dhc.weights(), w)  # the labelled loss keeps its class weights
     none = build_class_balance("none", 2)
     assert none.pseudo_label_loss(logits, plab).item() == pytest.approx(sum(ce) / 3, rel=1e-5)
     galoss = build_class_balance("galoss", 2, topk_ratio=1.0)

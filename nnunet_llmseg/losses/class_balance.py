@@ -83,7 +83,16 @@ class DistributionDifficultyWeights(nn.Module):
         w_diff_k  =  ((unlearn_k + eps) / (learn_k + eps)) ** difficulty_power * u_k
 
     with EMA momentum ``difficulty_momentum`` (DHC: (50-1)/50 = 0.98) and power 1/5. Classes not yet seen
-    count as hard (``u_k = 1``). The first batch only initialises ``d'`` and ``u`` (DHC starts ``d'`` at 1e-8,
+    count as hard (``u_k = 1``).
+
+    ``difficulty_measure`` picks the per-batch score ``d_k``: ``"recall"`` (default; TP / label voxels) or
+    ``"dice"`` (DHC's hard Dice). Why recall (issue 11): a class weight can only trade missed voxels for false
+    positives. With Dice, a class's own false positives lower ``d_k``, which raises its weight, which brings
+    more false positives - a positive feedback loop. On MSD Hippocampus (2d, 10 labelled, 20 x 100 iterations)
+    that loop took TAK's ``Anterior`` class from pseudo-Dice 0.77 to 0.44 in the last third of training, while
+    the same trainer without class balance stayed at 0.82. With recall, false positives leave the weight alone
+    and missed voxels raise it, which brings more of the class to be predicted and lowers the weight again: a
+    negative (stabilising) loop. The first batch only initialises ``d'`` and ``u`` (DHC starts ``d'`` at 1e-8,
     which makes the first ``learn`` step a spike of ``log(d/1e-8)``).
 
     ``mode``: ``"dist"``, ``"diff"`` or ``"both"`` (``w_dist * w_diff``). ``weights()`` is normalised to
@@ -99,8 +108,11 @@ class DistributionDifficultyWeights(nn.Module):
         difficulty_power: float = 0.2,
         dist_floor: float = 0.1,
         eps: float = 1e-8,
+        difficulty_measure: str = "recall",
     ) -> None:
         super().__init__()
+        if difficulty_measure not in ("recall", "dice"):
+            raise ValueError(f"difficulty_measure must be 'recall' or 'dice', got {difficulty_measure!r}")
         if mode not in ("dist", "diff", "both"):
             raise ValueError(
                 f"DistributionDifficultyWeights mode must be 'dist', 'diff' or 'both', got {mode!r}"
@@ -114,6 +126,7 @@ class DistributionDifficultyWeights(nn.Module):
         self.difficulty_power = difficulty_power
         self.dist_floor = dist_floor
         self.eps = eps
+        self.difficulty_measure = difficulty_measure
         k = num_classes
         self.register_buffer("frequency", torch.full((k,), 1.0 / k))
         self.register_buffer("last_dice", torch.zeros(k))
@@ -149,7 +162,10 @@ class DistributionDifficultyWeights(nn.Module):
         self.num_updates.add_(1)
         if not update_difficulty:
             return
-        dice = 2 * inter / (counts + pred_counts).clamp_min(1)
+        if self.difficulty_measure == "recall":
+            dice = inter / counts.clamp_min(1)  # the score d_k; see the class docstring
+        else:
+            dice = 2 * inter / (counts + pred_counts).clamp_min(1)
         present = counts > 0
         step = present & self.seen
         m = self.difficulty_momentum
@@ -370,15 +386,30 @@ def _mean_ce(logits: Tensor, labels: Tensor, class_weights: Tensor | None, ignor
 
 
 class ClassBalancedCEDice(nn.Module):
-    """DHC as one module: :class:`DistributionDifficultyWeights` statistics + :class:`WeightedCEDiceLoss`."""
+    """DHC as one module: :class:`DistributionDifficultyWeights` statistics + :class:`WeightedCEDiceLoss`.
+
+    ``weight_pseudo_labels``: DHC weights the cross pseudo-supervision CE with the same class weights. Here the
+    default is ``False`` (plain CE on pseudo-labels; the weights act on labelled data only). Why (issue 11): the
+    weights give background 1/10 (DistDW's floor) to 1/40 (DiffDW) of a foreground class's weight, so a
+    network learns a peer's foreground pseudo-label 10-40 times faster than it unlearns one. Every stray
+    foreground voxel a peer predicts is copied and hardly ever removed: a ratchet towards distant false-positive
+    fragments, which the two networks pass back and forth. On labelled data the ground truth anchors the
+    weighted loss.
+    """
 
     def __init__(
-        self, num_classes: int, weighter: DistributionDifficultyWeights, loss: WeightedCEDiceLoss
+        self, num_classes: int, weighter: DistributionDifficultyWeights, loss: WeightedCEDiceLoss,
+        weight_pseudo_labels: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.weighter = weighter
         self.loss = loss
+        self.weight_pseudo_labels = weight_pseudo_labels
+
+    def pseudo_label_weights(self) -> Tensor | None:
+        """The class weights for the pseudo-label loss: ``None`` (plain) unless ``weight_pseudo_labels``."""
+        return self.weights() if self.weight_pseudo_labels else None
 
     def update(self, probs: Tensor, labels: Tensor, update_difficulty: bool = True) -> None:
         self.weighter.update(probs, labels, update_difficulty=update_difficulty)
@@ -390,8 +421,10 @@ class ClassBalancedCEDice(nn.Module):
         return self.loss(logits, labels, self.weights().to(logits.device), ignore_index=ignore_index)
 
     def pseudo_label_loss(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
-        """DHC's unsupervised term: the class-weighted cross-entropy alone (no Dice against pseudo-labels)."""
-        return _mean_ce(logits, labels, self.weights().to(logits.device), ignore_index)
+        """The cross-entropy alone (no Dice against pseudo-labels), class-weighted as DHC only with
+        ``weight_pseudo_labels`` (see the class docstring)."""
+        w = self.pseudo_label_weights()
+        return _mean_ce(logits, labels, None if w is None else w.to(logits.device), ignore_index)
 
 
 class NoClassBalance(_StatelessBalance):
@@ -405,8 +438,10 @@ class NoClassBalance(_StatelessBalance):
         return _mean_ce(logits, labels, None, ignore_index)
 
 
-_WEIGHT_KW = ("momentum", "mode", "difficulty_momentum", "difficulty_power", "dist_floor", "eps")
+_WEIGHT_KW = ("momentum", "mode", "difficulty_momentum", "difficulty_power", "dist_floor", "eps",
+              "difficulty_measure")
 _LOSS_KW = ("ce_weight", "dice_weight", "smooth", "batch_dice")
+_MODULE_KW = ("weight_pseudo_labels",)
 
 
 def build_class_balance(name: str, num_classes: int, regions: bool = False, **kw) -> nn.Module:
@@ -426,17 +461,18 @@ def build_class_balance(name: str, num_classes: int, regions: bool = False, **kw
         kw = {**kw, "mode": key.split("_")[1]}
         key = "dhc"
     if key == "dhc":
-        unknown = set(kw) - set(_WEIGHT_KW) - set(_LOSS_KW)
+        unknown = set(kw) - set(_WEIGHT_KW) - set(_LOSS_KW) - set(_MODULE_KW)
         if unknown:
             raise ValueError(
                 f"unknown option(s) {sorted(unknown)} for class balance 'dhc'; "
-                f"allowed: {sorted(_WEIGHT_KW + _LOSS_KW)}"
+                f"allowed: {sorted(_WEIGHT_KW + _LOSS_KW + _MODULE_KW)}"
             )
         weighter = DistributionDifficultyWeights(
             num_classes, **{a: v for a, v in kw.items() if a in _WEIGHT_KW}
         )
         loss = WeightedCEDiceLoss(**{a: v for a, v in kw.items() if a in _LOSS_KW})
-        return ClassBalancedCEDice(num_classes, weighter, loss)
+        return ClassBalancedCEDice(num_classes, weighter, loss,
+                                   **{a: v for a, v in kw.items() if a in _MODULE_KW})
     if key == "galoss":
         return GALossStyleHardVoxelLoss(num_classes, **kw)
     if key == "none":

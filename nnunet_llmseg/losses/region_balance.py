@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from nnunet_llmseg.losses.class_balance import (
     _LOSS_KW,
+    _MODULE_KW,
     _WEIGHT_KW,
     ClassBalancedCEDice,
     DistributionDifficultyWeights,
@@ -113,10 +114,12 @@ class WeightedBCEDiceLoss(nn.Module):
 
 
 class RegionClassBalancedBCEDice(ClassBalancedCEDice):
-    """DHC for regions: region weights + :class:`WeightedBCEDiceLoss`; pseudo-labels get the weighted BCE alone."""
+    """DHC for regions: region weights + :class:`WeightedBCEDiceLoss`; pseudo-labels get the BCE alone, weighted
+    only with ``weight_pseudo_labels`` (see :class:`ClassBalancedCEDice`)."""
 
     def pseudo_label_loss(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
-        return _mean_bce(logits, labels, self.weights().to(logits.device))
+        w = self.pseudo_label_weights()
+        return _mean_bce(logits, labels, None if w is None else w.to(logits.device))
 
 
 class RegionNoClassBalance(NoClassBalance):
@@ -174,13 +177,14 @@ def build_region_balance(name: str, num_regions: int, **kw) -> nn.Module:
         kw = {**kw, "mode": key.split("_")[1]}
         key = "dhc"
     if key == "dhc":
-        unknown = set(kw) - set(_WEIGHT_KW) - set(_LOSS_KW)
+        unknown = set(kw) - set(_WEIGHT_KW) - set(_LOSS_KW) - set(_MODULE_KW)
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)} for class balance 'dhc'; "
-                             f"allowed: {sorted(_WEIGHT_KW + _LOSS_KW)}")
+                             f"allowed: {sorted(_WEIGHT_KW + _LOSS_KW + _MODULE_KW)}")
         weighter = RegionDistributionDifficultyWeights(num_regions, **{a: v for a, v in kw.items() if a in _WEIGHT_KW})
         loss = WeightedBCEDiceLoss(**{a: v for a, v in kw.items() if a in _LOSS_KW})
-        return RegionClassBalancedBCEDice(num_regions, weighter, loss)
+        return RegionClassBalancedBCEDice(num_regions, weighter, loss,
+                                          **{a: v for a, v in kw.items() if a in _MODULE_KW})
     if key == "galoss":
         return GALossStyleRegionLoss(num_regions, **kw)
     if key == "none":
