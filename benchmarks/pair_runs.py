@@ -1,0 +1,58 @@
+"""Paired comparison of benchmark rows across ``results.json`` files (runs trained in separate sessions).
+
+``nnunet-llmseg benchmark`` compares every method with the baseline of its own run. Ablations trained later, with
+the same command, plans, labelled cases and schedule, land in another ``results.json``; this script pairs their
+per-case Dice (mean over classes, by validation case) with any other row, using the benchmark's own test
+(``paired_wilcoxon``: two-sided Wilcoxon signed-rank, same conventions as the tables).
+
+    python benchmarks/pair_runs.py RESULTS.json [RESULTS.json ...] --pairs tak:labelled_only llmseg:llmseg_notext
+
+A method that appears in several files is named ``method@N`` (N = position of its file, from 1) after the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from nnunet_llmseg.benchmark.stats import paired_wilcoxon
+
+
+def load_rows(files: list[Path]) -> dict[str, dict]:
+    rows: dict[str, dict] = {}
+    for i, path in enumerate(files, start=1):
+        for row in json.loads(path.read_text())["rows"]:
+            name = row["method"] if row["method"] not in rows else f"{row['method']}@{i}"
+            rows[name] = row
+    return rows
+
+
+def compare(rows: dict[str, dict], a: str, b: str) -> str:
+    for name in (a, b):
+        if name not in rows:
+            raise SystemExit(f"error: no row {name!r}; rows: {', '.join(sorted(rows))}")
+    ra, rb = rows[a], rows[b]
+    if sorted(ra["per_case_dice"]) != sorted(rb["per_case_dice"]):
+        raise SystemExit(f"error: {a} and {b} were scored on different validation cases")
+    p_value, note, _, _ = paired_wilcoxon(ra["per_case_dice"], rb["per_case_dice"])
+    p_text = f"{p_value:.2g}" if p_value is not None else note
+    diff = ra["dice_mean"] - rb["dice_mean"]
+    return f"| {a} | {b} | {ra['dice_mean']:.3f} | {rb['dice_mean']:.3f} | {diff:+.4f} | {p_text} |"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--pairs", nargs="+", required=True, help="A:B pairs of row names")
+    args = parser.parse_args(argv)
+    rows = load_rows(args.files)
+    print("| A | B | Dice A | Dice B | A - B | p (paired Wilcoxon) |")
+    print("|---|---|---|---|---|---|")
+    for pair in args.pairs:
+        a, _, b = pair.partition(":")
+        print(compare(rows, a, b))
+
+
+if __name__ == "__main__":
+    main()
