@@ -6,8 +6,10 @@ On top of :class:`nnUNetTrainerCoTraining` (the twin network and its CutMix view
   parameters a controller generates from the class's shape + location embeddings and a global image feature.
 - ``compute_losses``: nnU-Net's Dice+CE with deep supervision, plus a class-imbalance-aware term (DHC's
   distribution-aware weights for network A and difficulty-aware weights for network B, i.e. DHC's heterogeneous
-  pair; or a GALoss-style hard-voxel loss), the same weights on the cross pseudo-labels, and a supervised
-  contrastive loss that aligns voxel features of the two finest decoder scales with the class text embeddings.
+  pair, with difficulty measured by recall; or a GALoss-style hard-voxel loss), a plain CE on the peer's
+  confident cross pseudo-labels (class weights there made a ratchet towards false positives, see
+  ``ClassBalancedCEDice``), and a supervised contrastive loss that aligns voxel features of the two finest
+  decoder scales with the class text embeddings.
 
 See README "TAK" for the equations and the choices made where the paper and its code are silent.
 """
