@@ -83,7 +83,8 @@ class DistributionDifficultyWeights(nn.Module):
         w_diff_k  =  ((unlearn_k + eps) / (learn_k + eps)) ** difficulty_power * u_k
 
     with EMA momentum ``difficulty_momentum`` (DHC: (50-1)/50 = 0.98) and power 1/5. Classes not yet seen
-    count as hard (``u_k = 1``).
+    count as hard (``u_k = 1``). The first batch only initialises ``d'`` and ``u`` (DHC starts ``d'`` at 1e-8,
+    which makes the first ``learn`` step a spike of ``log(d/1e-8)``).
 
     ``difficulty_measure`` picks the per-batch score ``d_k``: ``"recall"`` (default; TP / label voxels) or
     ``"dice"`` (DHC's hard Dice). Why recall (issue 11): a class weight can only trade missed voxels for false
@@ -92,8 +93,7 @@ class DistributionDifficultyWeights(nn.Module):
     that loop took TAK's ``Anterior`` class from pseudo-Dice 0.77 to 0.44 in the last third of training, while
     the same trainer without class balance stayed at 0.82. With recall, false positives leave the weight alone
     and missed voxels raise it, which brings more of the class to be predicted and lowers the weight again: a
-    negative (stabilising) loop. The first batch only initialises ``d'`` and ``u`` (DHC starts ``d'`` at 1e-8,
-    which makes the first ``learn`` step a spike of ``log(d/1e-8)``).
+    negative (stabilising) loop.
 
     ``mode``: ``"dist"``, ``"diff"`` or ``"both"`` (``w_dist * w_diff``). ``weights()`` is normalised to
     mean 1 (DHC scales to max ``K``; mean 1 keeps the loss on the unweighted scale).
@@ -162,24 +162,24 @@ class DistributionDifficultyWeights(nn.Module):
         self.num_updates.add_(1)
         if not update_difficulty:
             return
-        if self.difficulty_measure == "recall":
-            dice = inter / counts.clamp_min(1)  # the score d_k; see the class docstring
+        if self.difficulty_measure == "recall":  # the score d_k; see the class docstring
+            score = inter / counts.clamp_min(1)
         else:
-            dice = 2 * inter / (counts + pred_counts).clamp_min(1)
+            score = 2 * inter / (counts + pred_counts).clamp_min(1)
         present = counts > 0
         step = present & self.seen
         m = self.difficulty_momentum
-        ratio = torch.log((dice + self.eps) / (self.last_dice + self.eps))
-        delta = dice - self.last_dice
+        ratio = torch.log((score + self.eps) / (self.last_dice + self.eps))
+        delta = score - self.last_dice
         zero = torch.zeros_like(delta)
         cur_learn = torch.where(delta > 0, delta * ratio, zero)
         cur_unlearn = torch.where(delta <= 0, delta * ratio, zero)
         self.learn.copy_(torch.where(step, m * self.learn + (1 - m) * cur_learn, self.learn))
         self.unlearn.copy_(torch.where(step, m * self.unlearn + (1 - m) * cur_unlearn, self.unlearn))
         first = present & ~self.seen
-        ema_u = m * self.one_minus_dice + (1 - m) * (1 - dice)
-        self.one_minus_dice.copy_(torch.where(first, 1 - dice, torch.where(step, ema_u, self.one_minus_dice)))
-        self.last_dice.copy_(torch.where(present, dice, self.last_dice))
+        ema_u = m * self.one_minus_dice + (1 - m) * (1 - score)
+        self.one_minus_dice.copy_(torch.where(first, 1 - score, torch.where(step, ema_u, self.one_minus_dice)))
+        self.last_dice.copy_(torch.where(present, score, self.last_dice))  # buffer names kept for checkpoints
         self.seen.logical_or_(present)
 
     def _batch_statistics(self, probs: Tensor, labels: Tensor) -> Tensor:
@@ -423,8 +423,7 @@ class ClassBalancedCEDice(nn.Module):
     def pseudo_label_loss(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
         """The cross-entropy alone (no Dice against pseudo-labels), class-weighted as DHC only with
         ``weight_pseudo_labels`` (see the class docstring)."""
-        w = self.pseudo_label_weights()
-        return _mean_ce(logits, labels, None if w is None else w.to(logits.device), ignore_index)
+        return _mean_ce(logits, labels, self.pseudo_label_weights(), ignore_index)
 
 
 class NoClassBalance(_StatelessBalance):
@@ -444,6 +443,18 @@ _LOSS_KW = ("ce_weight", "dice_weight", "smooth", "batch_dice")
 _MODULE_KW = ("weight_pseudo_labels",)
 
 
+def split_dhc_options(kw: dict) -> tuple[dict, dict, dict]:
+    """``dhc``'s keyword options split into (weighter, loss, module) arguments; unknown names are refused.
+    Shared by :func:`build_class_balance` and the region builder."""
+    unknown = set(kw) - set(_WEIGHT_KW) - set(_LOSS_KW) - set(_MODULE_KW)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {sorted(unknown)} for class balance 'dhc'; "
+            f"allowed: {sorted(_WEIGHT_KW + _LOSS_KW + _MODULE_KW)}"
+        )
+    return tuple({a: v for a, v in kw.items() if a in names} for names in (_WEIGHT_KW, _LOSS_KW, _MODULE_KW))
+
+
 def build_class_balance(name: str, num_classes: int, regions: bool = False, **kw) -> nn.Module:
     """The class-balance module by name: ``dhc`` (``mode`` = ``both`` | ``dist`` | ``diff``), ``dhc_dist``,
     ``dhc_diff``, ``galoss`` or ``none``. Keyword arguments go to the matching constructor(s).
@@ -461,18 +472,9 @@ def build_class_balance(name: str, num_classes: int, regions: bool = False, **kw
         kw = {**kw, "mode": key.split("_")[1]}
         key = "dhc"
     if key == "dhc":
-        unknown = set(kw) - set(_WEIGHT_KW) - set(_LOSS_KW) - set(_MODULE_KW)
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {sorted(unknown)} for class balance 'dhc'; "
-                f"allowed: {sorted(_WEIGHT_KW + _LOSS_KW + _MODULE_KW)}"
-            )
-        weighter = DistributionDifficultyWeights(
-            num_classes, **{a: v for a, v in kw.items() if a in _WEIGHT_KW}
-        )
-        loss = WeightedCEDiceLoss(**{a: v for a, v in kw.items() if a in _LOSS_KW})
-        return ClassBalancedCEDice(num_classes, weighter, loss,
-                                   **{a: v for a, v in kw.items() if a in _MODULE_KW})
+        weight_kw, loss_kw, module_kw = split_dhc_options(kw)
+        return ClassBalancedCEDice(num_classes, DistributionDifficultyWeights(num_classes, **weight_kw),
+                                   WeightedCEDiceLoss(**loss_kw), **module_kw)
     if key == "galoss":
         return GALossStyleHardVoxelLoss(num_classes, **kw)
     if key == "none":

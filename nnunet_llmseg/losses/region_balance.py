@@ -24,14 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnunet_llmseg.losses.class_balance import (
-    _LOSS_KW,
-    _MODULE_KW,
-    _WEIGHT_KW,
     ClassBalancedCEDice,
     DistributionDifficultyWeights,
     NoClassBalance,
     _StatelessBalance,
     hard_voxel_group_mean,
+    split_dhc_options,
 )
 
 
@@ -118,8 +116,7 @@ class RegionClassBalancedBCEDice(ClassBalancedCEDice):
     only with ``weight_pseudo_labels`` (see :class:`ClassBalancedCEDice`)."""
 
     def pseudo_label_loss(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
-        w = self.pseudo_label_weights()
-        return _mean_bce(logits, labels, None if w is None else w.to(logits.device))
+        return _mean_bce(logits, labels, self.pseudo_label_weights())
 
 
 class RegionNoClassBalance(NoClassBalance):
@@ -177,14 +174,9 @@ def build_region_balance(name: str, num_regions: int, **kw) -> nn.Module:
         kw = {**kw, "mode": key.split("_")[1]}
         key = "dhc"
     if key == "dhc":
-        unknown = set(kw) - set(_WEIGHT_KW) - set(_LOSS_KW) - set(_MODULE_KW)
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for class balance 'dhc'; "
-                             f"allowed: {sorted(_WEIGHT_KW + _LOSS_KW + _MODULE_KW)}")
-        weighter = RegionDistributionDifficultyWeights(num_regions, **{a: v for a, v in kw.items() if a in _WEIGHT_KW})
-        loss = WeightedBCEDiceLoss(**{a: v for a, v in kw.items() if a in _LOSS_KW})
-        return RegionClassBalancedBCEDice(num_regions, weighter, loss,
-                                          **{a: v for a, v in kw.items() if a in _MODULE_KW})
+        weight_kw, loss_kw, module_kw = split_dhc_options(kw)
+        return RegionClassBalancedBCEDice(num_regions, RegionDistributionDifficultyWeights(num_regions, **weight_kw),
+                                          WeightedBCEDiceLoss(**loss_kw), **module_kw)
     if key == "galoss":
         return GALossStyleRegionLoss(num_regions, **kw)
     if key == "none":
