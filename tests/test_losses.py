@@ -386,8 +386,14 @@ def test_build_class_balance_names_and_errors():
         assert torch.isfinite(loss) and module.weights().shape == (3,)
     assert build_class_balance("none", 3)(x, y).item() == 0.0
     assert build_class_balance("dhc_dist", 3).weighter.mode == "dist"
-    with pytest.raises(ValueError, match="unknown class balance"):
-        build_class_balance("focal", 3)
+    assert build_class_balance("dhc_diff", 2, regions=True).weighter.mode == "diff"
+    for regions in (False, True):  # softmax and region factories share the name rules and their errors
+        with pytest.raises(ValueError, match="unknown class balance 'focal'"):
+            build_class_balance("focal", 3, regions=regions)
+        with pytest.raises(ValueError, match="fixes the mode"):
+            build_class_balance("dhc_diff", 3, regions=regions, mode="dist")
+        with pytest.raises(ValueError, match="'none' takes no options"):
+            build_class_balance("none", 3, regions=regions, gamma=2.0)
     with pytest.raises(ValueError, match="unknown option"):
         build_class_balance("dhc", 3, topk_ratio=0.2)
 

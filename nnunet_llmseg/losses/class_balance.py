@@ -465,25 +465,32 @@ def build_class_balance(name: str, num_classes: int, regions: bool = False, **kw
         from nnunet_llmseg.losses.region_balance import build_region_balance
 
         return build_region_balance(name, num_classes, **kw)
-    key = name.strip().lower()
-    if key in ("dhc_dist", "dhc_diff"):
-        if "mode" in kw:
-            raise ValueError(f"class balance '{name}' fixes the mode; use 'dhc' with mode=... instead")
-        kw = {**kw, "mode": key.split("_")[1]}
-        key = "dhc"
+    key, kw = resolve_balance_name(name, kw)
     if key == "dhc":
         weight_kw, loss_kw, module_kw = split_dhc_options(kw)
         return ClassBalancedCEDice(num_classes, DistributionDifficultyWeights(num_classes, **weight_kw),
                                    WeightedCEDiceLoss(**loss_kw), **module_kw)
     if key == "galoss":
         return GALossStyleHardVoxelLoss(num_classes, **kw)
-    if key == "none":
-        if kw:
-            raise ValueError(f"class balance 'none' takes no options, got {sorted(kw)}")
-        return NoClassBalance(num_classes)
-    raise ValueError(
-        f"unknown class balance {name!r}; choose one of 'dhc', 'dhc_dist', 'dhc_diff', 'galoss', 'none'"
-    )
+    return NoClassBalance(num_classes)
+
+
+def resolve_balance_name(name: str, kw: dict) -> tuple[str, dict]:
+    """``(key, options)`` for a class-balance name, shared by the softmax and the region factories: ``key`` is
+    ``dhc``, ``galoss`` or ``none``; ``dhc_dist`` / ``dhc_diff`` become ``dhc`` with that ``mode``. Raises a
+    ``ValueError`` naming the choices for an unknown name, and for options the name does not take."""
+    key = name.strip().lower()
+    if key in ("dhc_dist", "dhc_diff"):
+        if "mode" in kw:
+            raise ValueError(f"class balance '{name}' fixes the mode; use 'dhc' with mode=... instead")
+        return "dhc", {**kw, "mode": key.split("_")[1]}
+    if key == "none" and kw:
+        raise ValueError(f"class balance 'none' takes no options, got {sorted(kw)}")
+    if key not in ("dhc", "galoss", "none"):
+        raise ValueError(
+            f"unknown class balance {name!r}; choose one of 'dhc', 'dhc_dist', 'dhc_diff', 'galoss', 'none'"
+        )
+    return key, kw
 
 
 __all__ = [
@@ -493,4 +500,5 @@ __all__ = [
     "NoClassBalance",
     "WeightedCEDiceLoss",
     "build_class_balance",
+    "resolve_balance_name",
 ]

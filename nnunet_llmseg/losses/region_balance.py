@@ -29,6 +29,7 @@ from nnunet_llmseg.losses.class_balance import (
     NoClassBalance,
     _StatelessBalance,
     hard_voxel_group_mean,
+    resolve_balance_name,
     split_dhc_options,
 )
 
@@ -167,20 +168,11 @@ class GALossStyleRegionLoss(_StatelessBalance):
 
 def build_region_balance(name: str, num_regions: int, **kw) -> nn.Module:
     """``dhc`` / ``dhc_dist`` / ``dhc_diff`` / ``galoss`` / ``none`` for sigmoid regions."""
-    key = name.strip().lower()
-    if key in ("dhc_dist", "dhc_diff"):
-        if "mode" in kw:
-            raise ValueError(f"class balance '{name}' fixes the mode; use 'dhc' with mode=... instead")
-        kw = {**kw, "mode": key.split("_")[1]}
-        key = "dhc"
+    key, kw = resolve_balance_name(name, kw)
     if key == "dhc":
         weight_kw, loss_kw, module_kw = split_dhc_options(kw)
         return RegionClassBalancedBCEDice(num_regions, RegionDistributionDifficultyWeights(num_regions, **weight_kw),
                                           WeightedBCEDiceLoss(**loss_kw), **module_kw)
     if key == "galoss":
         return GALossStyleRegionLoss(num_regions, **kw)
-    if key == "none":
-        if kw:
-            raise ValueError(f"class balance 'none' takes no options, got {sorted(kw)}")
-        return RegionNoClassBalance(num_regions)
-    raise ValueError(f"unknown class balance {name!r}; choose one of 'dhc', 'dhc_dist', 'dhc_diff', 'galoss', 'none'")
+    return RegionNoClassBalance(num_regions)
