@@ -167,6 +167,12 @@ def backend_for(server: FakeLLMServer, cache: Path, **kw) -> OpenAIChatBackend:
     return OpenAIChatBackend("test-model", base_url=server.url, api_key_env=KEY_ENV, cache_dir=cache, **kw)
 
 
+def openai_cli_args(server: FakeLLMServer, cache: Path, *extra: str) -> list[str]:
+    """``python -m prior_generation`` arguments for the tiny dataset through the local OpenAI-compatible server."""
+    return ["-d", TINY, "--llm", "openai", "--model", "test-model", "--base-url", server.url, "--api-key-env",
+            KEY_ENV, "--encoder", "minilm-l6-v2", "--cache-dir", str(cache), *extra, "--no-progress"]
+
+
 def a_request(kind: str = "tak_shape") -> TextRequest:
     return TextRequest("spleen", "spleen", kind, "CT", "CT", ("liver", "left kidney"), "DatasetX", False)
 
@@ -179,23 +185,7 @@ def all_files(*roots: Path) -> list[Path]:
 def test_openai_cli_happy_path_cache_and_no_key_leak(env, server, minilm, capsys):
     _raw, pre = env
     cache = pre.parent / "llm_cache"
-    args = [
-        "-d",
-        TINY,
-        "--llm",
-        "openai",
-        "--model",
-        "test-model",
-        "--base-url",
-        server.url,
-        "--api-key-env",
-        KEY_ENV,
-        "--encoder",
-        "minilm-l6-v2",
-        "--cache-dir",
-        str(cache),
-        "--no-progress",
-    ]
+    args = openai_cli_args(server, cache)
     assert cli_main(args) == 0
     assert len(server.requests) == 9  # 3 classes x 3 texts
     assert all(h == f"Bearer {SECRET}" for h in server.auth_headers)
@@ -286,25 +276,7 @@ def test_failure_midway_keeps_cached_answers_and_rerun_resumes(env, server, mini
     _raw, pre = env
     cache = pre.parent / "cache"
     server.script = [("ok", None)] * 4 + [("status", 503)]
-    args = [
-        "-d",
-        TINY,
-        "--llm",
-        "openai",
-        "--model",
-        "test-model",
-        "--base-url",
-        server.url,
-        "--api-key-env",
-        KEY_ENV,
-        "--encoder",
-        "minilm-l6-v2",
-        "--cache-dir",
-        str(cache),
-        "--retries",
-        "0",
-        "--no-progress",
-    ]
+    args = openai_cli_args(server, cache, "--retries", "0")
     assert cli_main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: request to") and "rerun to resume" in err[0]
