@@ -216,6 +216,22 @@ def test_labelled_only_baseline_trains_on_the_subset_only(semi):
     assert sorted(val.identifiers) == semi["subset"]["validation"]
 
 
+def test_tak_without_unlabelled_gives_no_unlabelled_voxel_a_label(semi):
+    """The control for "do the unlabelled images pay?": TAK's loss with no pseudo-label anywhere."""
+    trainer = build_trainer("nnUNetTrainerTAK_noUnlabelled", semi["name"], semi["pre"])
+    trainer.initialize()
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    try:
+        trainer.on_train_epoch_start()
+        trainer.current_epoch = trainer.num_epochs - 1  # ramp-up done, contrast active
+        out = trainer.train_step(next(trainer.dataloader_train))
+    finally:
+        trainer.dataloader_train._finish()
+    assert float(out["unsup_loss"]) == 0.0 and float(out["confident_fraction"]) == 0.0
+    assert float(out["unsup_weight"]) > 0.9 and np.isfinite(float(out["contrast_loss"]))
+    assert float(out["sup_loss"]) != 0.0
+
+
 # ---- priors ---------------------------------------------------------------------------------------------------
 
 def test_trainers_refuse_missing_or_mismatched_priors(tiny_dataset, semi):

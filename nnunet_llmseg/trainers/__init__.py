@@ -17,6 +17,7 @@ from nnunet_llmseg.trainers.variants import (
     nnUNetTrainerTAK_noBalance,
     nnUNetTrainerTAK_noContrast,
     nnUNetTrainerTAK_noText,
+    nnUNetTrainerTAK_noUnlabelled,
 )
 
 _METHOD_TRAINERS = [
@@ -29,6 +30,7 @@ _METHOD_TRAINERS = [
     nnUNetTrainerTAK_noText,
     nnUNetTrainerTAK_noContrast,
     nnUNetTrainerTAK_noBalance,
+    nnUNetTrainerTAK_noUnlabelled,
 ]
 
 __all__ = [t.__name__ for t in _METHOD_TRAINERS] + ["nnUNetTrainerSemiSupervised"]

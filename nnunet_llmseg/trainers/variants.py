@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from nnunet_llmseg.losses.cps import CrossPseudoSupervisionLoss
@@ -38,3 +39,19 @@ class nnUNetTrainerTAK_noBalance(nnUNetTrainerTAK):
     """TAK without class-imbalance-aware losses (plain Dice+CE and cross pseudo-supervision)."""
 
     class_balance = "none"
+
+
+class nnUNetTrainerTAK_noUnlabelled(nnUNetTrainerTAK):
+    """TAK with every unlabelled voxel ignored: the control for "do the unlabelled images pay?".
+
+    Everything TAK does on labelled data stays - two networks (predicted as an ensemble), the text-driven head,
+    the class-balanced loss, the contrast among labelled voxels - but no unlabelled voxel gets a pseudo-label, so
+    neither the cross pseudo-supervision nor the contrast sees one. The unlabelled batch still passes through
+    the networks (instance norm: it changes nothing), so schedule, data and cost are TAK's own.
+    """
+
+    def _confident_labels(self, prob: torch.Tensor) -> torch.Tensor:
+        return super()._confident_labels(prob).fill_(-1)
+
+    def _reliable_labels(self, prob: torch.Tensor, threshold: float) -> torch.Tensor:
+        return super()._reliable_labels(prob, threshold).fill_(-1)
