@@ -12,10 +12,10 @@
 Why TAK and 10 x 10 iterations by default: the synthetic data has a large bright structure and a small, fainter
 one next to it. The small one is learnt abruptly, after some 20-40 iterations, at a point that varies from run to
 run: with 5 x 10 iterations it was still unlearnt (Dice ~0.0) at the end of 2 of 6 TAK runs, one of them in CI;
-with 10 x 10 it was learnt in every run measured (5 of 5 on 32^3 volumes, 4 of 4 on the present 24 x 24 x 32
-volumes; final Dice 0.96-0.99 where the end was recorded). The demo is a check that the whole path works, not a
-comparison of methods: ``--method llmseg`` runs LLM-SegNet on the same schedule, and ``nnunet-llmseg benchmark``
-is the command that compares methods.
+with 10 x 10 it was learnt in every run measured (5 of 5 on 32^3 volumes, 4 of 4 on 24 x 24 x 32 volumes, 3 of 3 on
+the present 20 x 20 x 28 volumes; final Dice 0.96-1.00 where the end was recorded). The demo is a check that the
+whole path works, not a comparison of methods: ``--method llmseg`` runs LLM-SegNet on the same schedule, and
+``nnunet-llmseg benchmark`` is the command that compares methods.
 
 Everything is written under one output folder, named at the start. Each step is a real command run in a
 subprocess with the output folder's own nnU-Net paths, exactly as a user would type it.
@@ -33,9 +33,10 @@ from pathlib import Path
 
 DATASET_ID = 990
 DATASET_NAME = "Dataset990_LLMSegDemo"
-#: volume size of the generated cases (z, y, x): 24 x 24 x 32 keeps a training step at about half the cost of
-#: 32^3 on a CPU while the small structure (6 x 6 x 5 voxels beside the large one along x) stays inside
-DEMO_SHAPE: tuple[int, int, int] = (24, 24, 32)
+#: volume size of the generated cases (z, y, x): 20 x 20 x 28 (11 200 voxels, a third of 32^3) is the smallest
+#: the two structures fit in - the ellipsoid (radii 5-7, centre jitter 2) and, beside it along x, the small 6 x 6 x 5
+#: box - and a 3D training step costs about in proportion to the voxels of the patch (= the volume here)
+DEMO_SHAPE: tuple[int, int, int] = (20, 20, 28)
 
 
 def _bin(name: str) -> list[str]:

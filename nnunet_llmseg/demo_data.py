@@ -18,7 +18,8 @@ LABELS = {"background": 0, "hippocampus_anterior": 1, "hippocampus_posterior": 2
 def make_case(rng: np.random.Generator, shape: tuple[int, int, int] = (32, 32, 32)) -> tuple[np.ndarray, np.ndarray]:
     """(image float32, label uint8) of one synthetic case."""
     zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    # centre jitter of 4 voxels, 2 along axes under 32 (the demo's 24) so both structures stay inside
+    # centre jitter of 4 voxels, 2 along axes under 32 (the demo and test volumes: 20 x 20 x 28) so both structures
+    # stay inside
     jitter = np.array([4 if s >= 32 else 2 for s in shape])
     c = np.array(shape) / 2 + rng.integers(-jitter, jitter + 1, size=3)
     r = rng.integers(5, 8, size=3)

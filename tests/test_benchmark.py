@@ -136,8 +136,8 @@ def test_cpu_plans_copy_shares_the_preprocessed_data(tiny_dataset):
     assert {k: v for k, v in cfg.items() if k not in ("batch_size", "patch_size")} == \
         {k: v for k, v in orig_cfg.items() if k not in ("batch_size", "patch_size")}  # same data_identifier etc.
     assert effective_configuration(pre, name, "3d_fullres")["data_identifier"] == orig_cfg["data_identifier"]
-    with pytest.raises(PlansError, match=r"multiple of the network's total stride \[8, 8, 8\].*e\.g\. 16 16 24"):
-        make_override_plans(pre, "3d_fullres", patch_size=[12, 16, 20])
+    with pytest.raises(PlansError, match=r"multiple of the network's total stride \[4, 4, 4\].*e\.g\. 12 16 24"):
+        make_override_plans(pre, "3d_fullres", patch_size=[10, 16, 22])  # the tiny plans pool twice
     with pytest.raises(PlansError, match="3-D patches"):
         make_override_plans(pre, "3d_fullres", patch_size=[16, 16])
     with pytest.raises(PlansError, match="no configuration '2d_nope'"):
@@ -308,7 +308,7 @@ def test_benchmark_refuses_runs_of_another_subset_and_bad_options(bench, tmp_pat
     assert sorted(p.name for p in (trainer_dir / "fold_0").iterdir()) == ["checkpoint_latest.pth"]
     assert not out.joinpath("results.json").exists()
     for extra, message in ((["--methods", "nnUNetTrainerNope"], "no trainer class 'nnUNetTrainerNope'"),
-                           (["--patch-size", "20", "20", "20"], "multiple of the network's total stride")):
+                           (["--patch-size", "10", "20", "20"], "multiple of the network's total stride")):
         assert main([*args, *extra]) == 2
         assert message in capsys.readouterr().err
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_foundation import assert_valid_predictions
 
-from conftest import run_cli
+from conftest import TINY_SHAPE, run_cli
 from nnunet_llmseg.data.labelled_subset import SubsetError, create_labelled_subset, load_labelled_subset
 from nnunet_llmseg.data.unlabeled_loader import build_unlabeled_dataset, get_unlabeled_batch_size
 from nnunet_llmseg.data.unlabeled_preprocessing import (
@@ -120,7 +120,7 @@ def test_unlabelled_preprocessing_matches_nnunet_bit_for_bit(tiny_dataset):
     assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
     assert np.array_equal(ours, theirs)
     props = json.loads((out / "copyoftiny000.json").read_text())
-    assert props["shape_before_cropping"] == [32, 32, 32]
+    assert props["shape_before_cropping"] == list(TINY_SHAPE)
     assert not list(out.glob("*.pkl")), "unlabelled properties are JSON, never pickle"
     # up to date: a second call does nothing; the CLI reports it
     mtime = (out / "_complete.json").stat().st_mtime
@@ -168,8 +168,8 @@ def test_loader_batches_and_labels_of_unlabelled_cases_are_never_read(semi):
         for _ in range(3):
             batch = next(train_loader)
             # default: nnU-Net's planned batch (2) of labelled crops plus as many unlabelled crops
-            assert batch["data"].shape == (2, 1, 32, 32, 32) and batch["data"].dtype == torch.float32
-            assert batch["data_u"].shape == (2, 1, 32, 32, 32) and batch["data_u"].dtype == torch.float32
+            assert batch["data"].shape == (2, 1, *TINY_SHAPE) and batch["data"].dtype == torch.float32
+            assert batch["data_u"].shape == (2, 1, *TINY_SHAPE) and batch["data_u"].dtype == torch.float32
             assert set(batch["keys"]) <= set(semi["subset"]["labelled"])
             assert torch.isfinite(batch["data_u"]).all() and batch["data_u"].abs().max() < 50
     finally:
@@ -188,7 +188,7 @@ def test_unlabelled_augmentation_changes_crops(semi):
     raw_loader = loader.data_loader if hasattr(loader, "data_loader") else loader
     raw_loader.transforms = None
     plain = [next(loader)["data"] for _ in range(6)]
-    assert all(p.shape == (2, 1, 32, 32, 32) for p in plain)  # as many unlabelled crops as the planned batch
+    assert all(p.shape == (2, 1, *TINY_SHAPE) for p in plain)  # as many unlabelled crops as the planned batch
     trainer2 = build_trainer("nnUNetTrainerLLMSeg", semi["name"], semi["pre"])
     trainer2.initialize()
     trainer2.get_tr_and_val_datasets()

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run_cli
+from conftest import TINY_SHAPE, run_cli
 from nnunet_llmseg.data.unlabeled_loader import (
     UnlabeledDataLoader,
     build_unlabeled_dataset,
@@ -76,7 +76,12 @@ def bits(tiny_dataset):
     img = sitk.ReadImage(str(raw / "imagesTr" / "tiny_001_0000.nii.gz"))
     arr = sitk.GetArrayFromImage(img)
     arr[:, :, :4] = 0  # a zero slab nnU-Net crops away ...
-    arr[:12, :12, 4:14] = 0  # ... and a zero corner it keeps and (with use_mask_for_norm) masks
+    # ... and a zero corner it keeps and (with use_mask_for_norm) masks. Only where tiny_001's label is background:
+    # the reference below preprocesses this image with that label, and nnU-Net keeps labelled voxels inside its mask
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTr" / "tiny_001.nii.gz")))
+    corner = np.zeros(arr.shape, dtype=bool)
+    corner[:12, :12, 4:14] = True
+    arr[corner & (label == 0)] = 0
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(img)
     sitk.WriteImage(out, str(raw / "imagesUnlabeled" / "border001_0000.nii.gz"))
@@ -97,7 +102,7 @@ def test_unlabelled_preprocessing_is_nnunets_bit_for_bit(bits):
     assert ours.chunks == theirs.chunks and ours.blocks == theirs.blocks, "nnU-Net's blosc2 layout"
     assert not (pre / DATA_ID / "copy000.b2nd").exists(), "never written into nnU-Net's own folder"
     props = json.loads((folder / "copy000.json").read_text())
-    assert props["shape_before_cropping"] == [32, 32, 32] and props["spacing"] == [1.0, 1.0, 1.0]
+    assert props["shape_before_cropping"] == list(TINY_SHAPE) and props["spacing"] == [1.0, 1.0, 1.0]
     assert props["nnunet_llmseg"]["source_files"] == ["copy000_0000.nii.gz"]
     assert not list(folder.glob("*.pkl")) and not list(folder.glob("*_mask.b2nd")), (
         "no pickle; no mask needed"
