@@ -32,6 +32,8 @@ from conftest import run_cli
 
 BRATS_ID, BRATS = 971, "Dataset971_LLMSegBraTS"
 SPARSE_ID, SPARSE = 972, "Dataset972_LLMSegSparse"
+#: the BraTS-like volumes: the smallest the three nested regions stay a few voxels thick in (training cost ~ voxels)
+BRATS_SHAPE = (16, 16, 16)
 RESENC = "nnUNetResEncUNetMPlans"
 LLMSEG, TAK = "nnUNetTrainerLLMSeg_2epochs_3it", "nnUNetTrainerTAK_2epochs_3it"
 
@@ -85,7 +87,7 @@ def _model(env, dataset: str, trainer: str, plans: str, configuration: str) -> P
 
 @pytest.fixture(scope="module")
 def brats(nnunet_env, tmp_path_factory):
-    raw = write_brats_like(nnunet_env.raw, BRATS, n_labelled=5, n_unlabelled=2, shape=(20, 20, 20))
+    raw = write_brats_like(nnunet_env.raw, BRATS, n_labelled=5, n_unlabelled=2, shape=BRATS_SHAPE)
     env = nnunet_env.environ()
     run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(BRATS_ID), "-pl", "nnUNetPlannerResEncM", "-c", "3d_fullres",
              "-np", "1"], env=env)
@@ -200,7 +202,7 @@ def test_resenc_regions_train_validate_ensemble_predict(brats, tmp_path):
         for case in ("brats_000", "brats_003"):
             assert _labels_in(folder, case) <= {0, 1, 2, 3}
     probs = np.load(out_a / "brats_000.npz")["probabilities"]
-    assert probs.shape == (3, 20, 20, 20) and probs.min() >= 0 and probs.max() <= 1
+    assert probs.shape == (3, *BRATS_SHAPE) and probs.min() >= 0 and probs.max() <= 1
 
     # prediction averaging of the two networks' sigmoid maps: the network nnU-Net's predictor builds from the model
     # folder (plans.json says "regions") and loads from checkpoint_best, for each NNUNET_LLMSEG_PREDICT_NETWORKS
