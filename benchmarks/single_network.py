@@ -30,17 +30,8 @@ from pathlib import Path
 
 from nnunet_llmseg.benchmark.methods import VARIANT_FOLDER_NAME, ext_trainer_value
 from nnunet_llmseg.benchmark.report import per_case_dice
+from nnunet_llmseg.cli_errors import dataset_name
 from nnunet_llmseg.evaluation.report import dataset_labels, evaluate_folders
-
-
-def dataset_folder(root: Path, dataset: str) -> Path:
-    """``DatasetXXX_Name`` under ``root`` for an id (``4``) or a full name."""
-    if not dataset.isdigit():
-        return root / dataset
-    matches = sorted(root.glob(f"Dataset{int(dataset):03d}_*"))
-    if len(matches) != 1:
-        raise SystemExit(f"error: expected one Dataset{int(dataset):03d}_* under {root}, found {len(matches)}")
-    return matches[0]
 
 
 def predict(networks: str, images: Path, out: Path, args: argparse.Namespace) -> None:
@@ -71,11 +62,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="also predict with both networks (must reproduce the run's own validation row)")
     args = p.parse_args(argv)
 
-    raw = dataset_folder(Path(os.environ["nnUNet_raw"]), args.dataset)
-    pre = dataset_folder(Path(os.environ["nnUNet_preprocessed"]), raw.name)
-    dataset_json = json.loads((raw / "dataset.json").read_text())
-    labels, ending, ignore_label, _ = dataset_labels(raw.name)  # foreground labels, as the benchmark scores them
-    fold_dir = args.results / raw.name / f"{args.trainer}__{args.plans}__{args.configuration}" / f"fold_{args.fold}"
+    name = dataset_name(args.dataset)  # an id or a name, resolved like nnU-Net
+    raw, pre = Path(os.environ["nnUNet_raw"]) / name, Path(os.environ["nnUNet_preprocessed"]) / name
+    # foreground labels, as the benchmark scores them, and the dataset.json they come from
+    labels, ending, ignore_label, dataset_json_path = dataset_labels(name)
+    dataset_json = json.loads(dataset_json_path.read_text())
+    fold_dir = args.results / name / f"{args.trainer}__{args.plans}__{args.configuration}" / f"fold_{args.fold}"
     val_dir = fold_dir / "validation"
     cases = sorted(f.name[: -len(ending)] for f in val_dir.glob(f"*{ending}"))
     if not cases:
