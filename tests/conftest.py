@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nnunet_llmseg.demo import DEMO_SHAPE
 from nnunet_llmseg.demo_data import LABELS, make_case, write_nifti
 
 # Two OpenMP threads that spin-wait for each other are up to 10x slower on a loaded 2-core machine (the CI runner,
@@ -51,8 +52,8 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 900) -> sub
 
 
 make_tiny_case = make_case  # the package's synthetic two-structure case (also used by `nnunet-llmseg demo`)
-#: shape of the tiny dataset's volumes (the ellipsoid's centre jitters by 2 voxels, the box sits beside it along x)
-TINY_SHAPE = (20, 20, 28)
+#: shape of the tiny dataset's volumes: the demo's, the smallest the two structures fit in (see ``DEMO_SHAPE``)
+TINY_SHAPE = DEMO_SHAPE
 
 
 @dataclass
