@@ -4,7 +4,9 @@ The tiny dataset (``Dataset901_LLMSegTiny``) has a few 20 x 20 x 28 single-chann
 (a bright ellipsoid = label 1, a darker box next to it = label 2) plus unlabelled images in
 ``imagesUnlabeled/``. ``nnUNetv2_plan_and_preprocess`` runs for real, once per test session. The volume is the
 smallest the two structures fit in (``TINY_SHAPE``): every real ``nnUNetv2_train`` step of the suite is a 3D
-convolution over the whole patch, so its voxel count sets much of the suite's time.
+convolution over the whole patch, so its voxel count sets much of the suite's time. For the same reason the test
+datasets' networks are 4x narrower than nnU-Net plans them (``narrow_planned_networks``, as in the demo): the tests
+check what our code does with nnU-Net's planned architecture, not how well a wide network segments tiny volumes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnunet_llmseg.demo import DEMO_SHAPE
+from nnunet_llmseg.demo import DEMO_SHAPE, narrow_planned_networks
 from nnunet_llmseg.demo_data import LABELS, make_case, write_nifti
 
 # Two OpenMP threads that spin-wait for each other are up to 10x slower on a loaded 2-core machine (the CI runner,
@@ -134,6 +136,7 @@ def tiny_dataset(nnunet_env: NNUNetEnv) -> TinyDataset:
         ["nnUNetv2_plan_and_preprocess", "-d", str(TINY_ID), "-c", "3d_fullres", "-np", "1"],
         env=nnunet_env.environ(),
     )
+    narrow_planned_networks(nnunet_env.preprocessed / TINY_NAME / "nnUNetPlans.json")
     return TinyDataset(
         env=nnunet_env,
         dataset_id=TINY_ID,

@@ -131,3 +131,58 @@ def test_galoss_gives_every_present_class_equal_say():
     ce_big = torch.nn.functional.cross_entropy(torch.tensor([[5.0, 0.0]]), torch.tensor([0])).item()
     ce_small = torch.nn.functional.cross_entropy(torch.tensor([[0.0, 0.0]]), torch.tensor([1])).item()
     assert loss.item() == pytest.approx((ce_big + ce_small) / 2, rel=1e-5)
+
+
+# ---- the co-training engine's CutMix frame ------------------------------------------------------------------
+
+def _cutmix_case(seed: int = 0):
+    from nnunet_llmseg.data import mixing
+
+    g = torch.Generator().manual_seed(seed)
+    net = torch.nn.Conv3d(1, 3, 1)  # a pointwise network: its output on a mixed image is the mix of its outputs
+    x_l, x_u = torch.randn(2, 1, 4, 6, 8, generator=g), torch.randn(3, 1, 4, 6, 8, generator=g)
+    mask = mixing.cutmix_box_mask(3, (4, 6, 8), (0.25, 0.5), torch.device("cpu"), generator=g)
+    cutmix = mixing.CutMixBatch(mask, mixing.partner_indices(3, 5))
+    return net, x_l, x_u, cutmix
+
+
+def test_cutmix_partners_come_from_the_pool_and_the_box_is_in_range():
+    _net, x_l, x_u, cutmix = _cutmix_case()
+    share = cutmix.mask.float().mean(dim=(1, 2, 3, 4))
+    assert bool(((share > 0.1) & (share < 0.6)).all()), share  # (0.25, 0.5) of the patch, up to rounding
+    x_mix = cutmix.mixed(x_u, x_l)
+    pool = torch.cat((x_u, x_l))
+    for i, j in enumerate(cutmix.partner.tolist()):
+        assert j != i  # never pasted into itself
+        torch.testing.assert_close(x_mix[i][cutmix.mask[i]], pool[j][cutmix.mask[i]])
+        torch.testing.assert_close(x_mix[i][~cutmix.mask[i]], x_u[i][~cutmix.mask[i]])
+
+
+def test_both_networks_on_the_mixed_view_are_taught_by_the_peer_on_the_unmixed_crops():
+    """CPS with CutMix (Chen et al. 2021): the student sees the mixed crop, the teacher's target is its
+    prediction on the unmixed crops mixed the same way; for a pointwise network the two frames agree exactly."""
+    from nnunet_llmseg.trainers.semi_supervised import nnUNetTrainerCoTraining
+
+    net, x_l, x_u, cutmix = _cutmix_case(1)
+    x_mix = cutmix.mixed(x_u, x_l)
+    with torch.no_grad():
+        cutmix.plain = (net(x_u), 2.0 * net(x_u))
+    la = net(torch.cat((x_l, x_mix)))  # network A's training forward, labelled first
+    lb = 2.0 * net(torch.cat((x_l, x_mix)))
+    student_a, student_b, teacher_a, teacher_b = nnUNetTrainerCoTraining.mixed_frame(la, lb, 2, cutmix)
+    torch.testing.assert_close(student_a, la[2:])
+    torch.testing.assert_close(student_b, lb[2:])
+    torch.testing.assert_close(teacher_a, la[2:].detach())  # = A's prediction on the mixed crops
+    torch.testing.assert_close(teacher_b, lb[2:].detach())
+    assert student_a.requires_grad and not teacher_a.requires_grad and not teacher_b.requires_grad
+
+
+def test_only_b_on_the_mixed_view_mixes_network_a_outputs():
+    from nnunet_llmseg.trainers.semi_supervised import nnUNetTrainerCoTraining
+
+    net, x_l, x_u, cutmix = _cutmix_case(2)
+    la = net(torch.cat((x_l, x_u)))  # A saw the plain crops
+    lb = net(torch.cat((x_l, cutmix.mixed(x_u, x_l))))
+    student_a, student_b, teacher_a, teacher_b = nnUNetTrainerCoTraining.mixed_frame(la, lb, 2, cutmix)
+    torch.testing.assert_close(student_a, lb[2:])  # A's outputs mixed = what it would say on B's view
+    assert torch.equal(student_a, teacher_a) and torch.equal(student_b, teacher_b) and student_a.requires_grad

@@ -29,6 +29,7 @@ from setups_data import write_brats_like, write_sparse_dataset
 from test_semi_supervised import write_test_priors
 
 from conftest import run_cli
+from nnunet_llmseg.demo import narrow_planned_networks
 
 BRATS_ID, BRATS = 971, "Dataset971_LLMSegBraTS"
 SPARSE_ID, SPARSE = 972, "Dataset972_LLMSegSparse"
@@ -93,6 +94,7 @@ def brats(nnunet_env, tmp_path_factory):
              "-np", "1"], env=env)
     pre = nnunet_env.preprocessed / BRATS
     _set_batch_size(pre / f"{RESENC}.json", **{"3d_fullres": 2})
+    narrow_planned_networks(pre / f"{RESENC}.json")
     run_cli(["python", "-m", "prior_generation", "-d", str(BRATS_ID), "--encoder", "minilm-l6-v2", "--no-progress"],
             env=env)
     plain = _plain_checkpoint(pre, RESENC, "3d_fullres", tmp_path_factory.mktemp("plain") / "plain.pth")
@@ -106,6 +108,7 @@ def sparse(nnunet_env):
              "1", "-gpu_memory_target", "0.05"], env=nnunet_env.environ())
     pre = nnunet_env.preprocessed / SPARSE
     _set_batch_size(pre / "nnUNetPlans.json", **{"2d": 2})
+    narrow_planned_networks(pre / "nnUNetPlans.json")
     write_test_priors(pre, json.loads((pre / "dataset.json").read_text()))
     return {"env": nnunet_env, "raw": raw, "pre": pre}
 

@@ -7,6 +7,8 @@ crops of the same iteration, so a batch with a single unlabelled crop still gets
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -41,3 +43,23 @@ def partner_indices(num_unlabeled: int, pool_size: int) -> torch.Tensor:
 def mix(x: torch.Tensor, partner: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Paste ``partner`` into ``x`` where ``mask`` is set (mask broadcasts over channels)."""
     return torch.where(mask, partner, x)
+
+
+@dataclass
+class CutMixBatch:
+    """One iteration's CutMix, what the unsupervised losses need to work in the mixed frame.
+
+    ``mask`` (``(n_u, 1, *spatial)``, True where the partner is pasted) and ``partner`` (index into the pool
+    ``[unlabelled, labelled]``) say how the mixed crops were made. ``plain`` holds each network's (detached,
+    full-resolution) predictions on the *unmixed* unlabelled crops when both networks train on the mixed view;
+    ``None`` when only network B does.
+    """
+
+    mask: torch.Tensor
+    partner: torch.Tensor
+    plain: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def mixed(self, unlabelled: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+        """Images, or predictions made on the unmixed crops, brought into the mixed frame the same way."""
+        pool = torch.cat((unlabelled, labelled))
+        return mix(unlabelled, pool[self.partner], self.mask)

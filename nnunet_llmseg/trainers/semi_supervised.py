@@ -228,12 +228,14 @@ class nnUNetTrainerSemiSupervised(CrashSafeTraining, nnUNetTrainer):
 class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     """Two networks, each teaching the other on unlabelled data (cross pseudo-supervision with CutMix).
 
-    Per iteration: network A sees ``[labelled, unlabelled]``, network B sees ``[labelled, CutMix(unlabelled)]``
-    (one ``TwinNetwork`` call, so DDP synchronises both). Both get nnU-Net's Dice+CE with deep supervision on the
-    labelled part; on the unlabelled part B is supervised by A's predictions mixed the same way, and A by B's
-    (``compute_losses``). One SGD optimiser holds both networks' parameters (identical to two optimisers with
-    nnU-Net's settings, and nnU-Net's poly schedule, checkpointing and resume apply unchanged); gradients are
-    clipped per network.
+    Per iteration both networks see ``[labelled, CutMix(unlabelled)]`` (one ``TwinNetwork`` call, so DDP
+    synchronises both). Both get nnU-Net's Dice+CE with deep supervision on the labelled part; on the mixed
+    unlabelled part each is supervised by its peer's predictions on the *unmixed* crops, mixed the same way (one
+    extra forward of the unlabelled crops per network, without gradient), as in Chen et al.'s CPS with CutMix
+    (``compute_losses``, ``mixed_frame``). ``mixed_view = "b"`` is the first engine: A sees the plain crops and
+    B the mixed ones, each taught through the other's outputs in the mixed frame. One SGD optimiser holds both
+    networks' parameters (identical to two optimisers with nnU-Net's settings, and nnU-Net's poly schedule,
+    checkpointing and resume apply unchanged); gradients are clipped per network.
     """
 
     #: maximum weight of the unsupervised loss, reached after ``rampup_fraction`` of all iterations
@@ -243,6 +245,9 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     use_reliability_gate: bool = True
     #: CutMix box volume as a fraction of the patch
     cutmix_volume_fraction: tuple[float, float] = (0.25, 0.5)
+    #: which networks train on the CutMix view: "both", or "b" (A on the plain crops; the first engine, where
+    #: network B alone beat labelled-only nnU-Net and A fell below it - docs/methods.md)
+    mixed_view: str = "both"
     #: whether ``TwinNetwork`` must also return decoder features (TAK's contrastive loss needs them)
     return_features: bool = False
     #: text priors the networks read (keys of ``prior_generation``'s embeddings, concatenated per class);
@@ -322,23 +327,28 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         x_u = batch["data_u"].to(self.device, non_blocking=True)
         n_l, n_u = x_l.shape[0], x_u.shape[0]
 
+        if self.mixed_view not in ("both", "b"):
+            raise ValueError(f"{type(self).__name__}.mixed_view must be 'both' or 'b', not {self.mixed_view!r}")
         mask = mixing.cutmix_box_mask(n_u, tuple(x_u.shape[2:]), self.cutmix_volume_fraction, self.device)
-        pool = torch.cat((x_u, x_l))
-        partner = mixing.partner_indices(n_u, pool.shape[0]).to(self.device)
-        x_mix = mixing.mix(x_u, pool[partner], mask)
+        partner = mixing.partner_indices(n_u, n_u + n_l).to(self.device)
+        cutmix = mixing.CutMixBatch(mask, partner)
+        x_mix = cutmix.mixed(x_u, x_l)
+        if self.mixed_view == "both":
+            with torch.no_grad(), self._autocast():  # the teachers' view: predictions on the unmixed crops
+                plain_a, plain_b = unwrap(self.network)(x_u, x_u)
+            cutmix.plain = (_full_res(plain_a).detach(), _full_res(plain_b).detach())
 
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            out_a, out_b = self.network(torch.cat((x_l, x_u)), torch.cat((x_l, x_mix)),
-                                        return_features=self.return_features)
-            losses = self.compute_losses(out_a, out_b, y_l, n_l, n_u, mask, partner)
+            out_a, out_b = self.network(torch.cat((x_l, x_mix if self.mixed_view == "both" else x_u)),
+                                        torch.cat((x_l, x_mix)), return_features=self.return_features)
+            losses = self.compute_losses(out_a, out_b, y_l, n_l, n_u, cutmix)
         self._backward_and_step(losses["loss"])
         self._iteration_in_epoch += 1
         return {k: (v.detach().float().cpu().numpy() if torch.is_tensor(v) else np.asarray(v))
                 for k, v in losses.items()}
 
-    def compute_losses(self, out_a, out_b, y_l, n_l: int, n_u: int, mask: torch.Tensor,
-                       partner: torch.Tensor) -> dict:
+    def compute_losses(self, out_a, out_b, y_l, n_l: int, n_u: int, cutmix: mixing.CutMixBatch) -> dict:
         """Supervised Dice+CE for both networks + weighted mutual unsupervised loss on the mixed view.
 
         ``out_*`` are nnU-Net outputs (a list over deep-supervision scales, full resolution first) for the
@@ -346,19 +356,36 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         and the values to log.
         """
         sup = self.loss(_take(out_a, 0, n_l), y_l) + self.loss(_take(out_b, 0, n_l), y_l)
-        logits_a = _full_res(out_a)
-        logits_b_mix = _full_res(out_b)[n_l:]
-        rel_a, rel_b = self.teacher_reliabilities(logits_a[:n_l], _full_res(out_b)[:n_l], y_l)
-        pool_a = torch.cat((logits_a[n_l:], logits_a[:n_l]))  # same pool order as the images
-        a_mixed = mixing.mix(logits_a[n_l:], pool_a[partner], mask)
-        loss_b, stats_b = self.unsupervised_loss(logits_b_mix, a_mixed)  # A teaches B
-        loss_a, stats_a = self.unsupervised_loss(a_mixed, logits_b_mix)  # B teaches A
+        logits_a, logits_b = _full_res(out_a), _full_res(out_b)
+        rel_a, rel_b = self.teacher_reliabilities(logits_a[:n_l], logits_b[:n_l], y_l)
+        student_a, student_b, teacher_a, teacher_b = self.mixed_frame(logits_a, logits_b, n_l, cutmix)
+        loss_b, stats_b = self.unsupervised_loss(student_b, teacher_a)  # A teaches B
+        loss_a, stats_a = self.unsupervised_loss(student_a, teacher_b)  # B teaches A
         w = self.unsup_weight()
         unsup = loss_a + loss_b
         gated = rel_a * loss_b + rel_b * loss_a
         return {"loss": sup + w * gated, "sup_loss": sup.detach(), "unsup_loss": unsup.detach(),
                 "unsup_weight": w, "reliability": 0.5 * (rel_a + rel_b),
                 "confident_fraction": 0.5 * (stats_a["confident_fraction"] + stats_b["confident_fraction"])}
+
+    @staticmethod
+    def mixed_frame(logits_a: torch.Tensor, logits_b: torch.Tensor, n_l: int, cutmix: mixing.CutMixBatch
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(student_a, student_b, teacher_a, teacher_b)``, all in the mixed frame of the unlabelled crops.
+
+        ``student_x`` is network x's output its peer's teaching acts on (it carries x's gradient), ``teacher_x``
+        what x teaches its peer (the losses detach it). ``logits_*`` are full-resolution outputs for the whole
+        batch, labelled first. Both networks on the mixed view: the students are their mixed-view outputs and the
+        teachers their unmixed predictions mixed the same way; only B on it: A's outputs are mixed (and are both
+        A's student and its teaching), B's mixed-view outputs likewise.
+        """
+        if cutmix.plain is None:
+            a_mixed = cutmix.mixed(logits_a[n_l:], logits_a[:n_l])
+            return a_mixed, logits_b[n_l:], a_mixed, logits_b[n_l:]
+        plain_a, plain_b = cutmix.plain
+        teacher_a = cutmix.mixed(plain_a.to(logits_a.dtype), logits_a[:n_l].detach())
+        teacher_b = cutmix.mixed(plain_b.to(logits_b.dtype), logits_b[:n_l].detach())
+        return logits_a[n_l:], logits_b[n_l:], teacher_a, teacher_b
 
     def teacher_reliabilities(self, labelled_logits_a: torch.Tensor, labelled_logits_b: torch.Tensor, y_l
                               ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -98,8 +98,7 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         return self.use_contrast and self.current_epoch >= start
 
     # ---- losses --------------------------------------------------------------------------------------------
-    def compute_losses(self, out_a, out_b, y_l, n_l: int, n_u: int, mask: torch.Tensor,
-                       partner: torch.Tensor) -> dict:
+    def compute_losses(self, out_a, out_b, y_l, n_l: int, n_u: int, cutmix: mixing.CutMixBatch) -> dict:
         (logits_a, feats_a), (logits_b, feats_b) = out_a, out_b
         twin = unwrap(self.network)
         balance = twin.training_state
@@ -114,26 +113,25 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
             balance["b"].update(out.probs(lb[:n_l]), y_full)
         bal_sup = balance["a"](la[:n_l], y_full) + balance["b"](lb[:n_l], y_full)
 
-        # cross pseudo-supervision on the mixed view, with the same class-balance terms
-        pool_a = torch.cat((la[n_l:], la[:n_l]))
-        a_mixed = mixing.mix(la[n_l:], pool_a[partner], mask)
-        b_mixed = lb[n_l:]
+        # cross pseudo-supervision on the mixed view, with confidence-gated pseudo-labels
+        student_a, student_b, teacher_a, teacher_b = self.mixed_frame(la, lb, n_l, cutmix)
         with torch.no_grad():
-            prob_from_a = out.probs(a_mixed.detach())
-            prob_from_b = out.probs(b_mixed.detach())
+            prob_from_a = out.probs(teacher_a.detach())
+            prob_from_b = out.probs(teacher_b.detach())
             plab_from_a = self._confident_labels(prob_from_a)
             plab_from_b = self._confident_labels(prob_from_b)
-        unsup_b = balance["b"].pseudo_label_loss(b_mixed, plab_from_a)  # A teaches B
-        unsup_a = balance["a"].pseudo_label_loss(a_mixed, plab_from_b)  # B teaches A
+        unsup_b = balance["b"].pseudo_label_loss(student_b, plab_from_a)  # A teaches B
+        unsup_a = balance["a"].pseudo_label_loss(student_a, plab_from_b)  # B teaches A
         unsup = unsup_a + unsup_b
         confident = 0.5 * ((plab_from_a >= 0).float().mean() + (plab_from_b >= 0).float().mean())
 
         contrast = la.new_zeros(())
         if self._contrast_active():
             thr = self._entropy_threshold()
-            plab_b = self._reliable_labels(prob_from_a, thr)  # B's mixed frame, labelled by A
-            plab_a = self._reliable_labels(prob_from_b, thr)  # A's unmixed frame, labelled by B where unmixed
-            plab_a = plab_a.masked_fill(mask[:, 0], -1)
+            plab_b = self._reliable_labels(prob_from_a, thr)  # B's features are in the mixed frame
+            plab_a = self._reliable_labels(prob_from_b, thr)  # A's too, unless only B sees the mixed view:
+            if cutmix.plain is None:  # then A's are unmixed, and B's labels only hold outside the boxes
+                plab_a = plab_a.masked_fill(cutmix.mask[:, 0], -1)
             contrast = 0.5 * (self._contrast(twin.net_a, feats_a, y_l, plab_a, n_l)
                               + self._contrast(twin.net_b, feats_b, y_l, plab_b, n_l))
 
