@@ -62,7 +62,6 @@ def narrow_planned_networks(plans_file: Path, divisor: int = DEMO_WIDTH_DIVISOR,
     plans_file.write_text(json.dumps(plans, indent=2))
 
 
-
 def _bin(name: str) -> list[str]:
     candidate = Path(sys.executable).parent / name
     return [str(candidate)] if candidate.exists() else [name]
