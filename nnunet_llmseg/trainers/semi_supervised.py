@@ -258,6 +258,8 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.mixed_view not in ("both", "b"):  # checked at start, not on every step
+            raise ValueError(f"{type(self).__name__}.mixed_view must be 'both' or 'b', not {self.mixed_view!r}")
         self._iteration_in_epoch = 0
         self.unsupervised_loss: nn.Module | None = None
         # what the inference-time network build needs beyond nnU-Net's plans (copied into the model folder)
@@ -327,8 +329,6 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         x_u = batch["data_u"].to(self.device, non_blocking=True)
         n_l, n_u = x_l.shape[0], x_u.shape[0]
 
-        if self.mixed_view not in ("both", "b"):
-            raise ValueError(f"{type(self).__name__}.mixed_view must be 'both' or 'b', not {self.mixed_view!r}")
         mask = mixing.cutmix_box_mask(n_u, tuple(x_u.shape[2:]), self.cutmix_volume_fraction, self.device)
         partner = mixing.partner_indices(n_u, n_u + n_l).to(self.device)
         cutmix = mixing.CutMixBatch(mask, partner)
