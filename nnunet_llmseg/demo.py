@@ -33,6 +33,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from nnunet_llmseg.benchmark.plans import MIN_FEATURES, narrowed_features
+
 DATASET_ID = 990
 DATASET_NAME = "Dataset990_LLMSegDemo"
 #: volume size of the generated cases (z, y, x): 20 x 20 x 28 (11 200 voxels, a third of 32^3) is the smallest
@@ -43,8 +45,6 @@ DEMO_SHAPE: tuple[int, int, int] = (20, 20, 28)
 #: sizes its networks for real images, and on these volumes the narrower one learns both structures as reliably
 #: (docs/methods.md) while a training step costs several times less
 DEMO_WIDTH_DIVISOR = 4
-#: no stage narrower than this
-MIN_FEATURES = 8
 
 
 def narrow_planned_networks(plans_file: Path, divisor: int = DEMO_WIDTH_DIVISOR, minimum: int = MIN_FEATURES) -> None:
@@ -58,7 +58,7 @@ def narrow_planned_networks(plans_file: Path, divisor: int = DEMO_WIDTH_DIVISOR,
     for cfg in plans["configurations"].values():
         kwargs = cfg.get("architecture", {}).get("arch_kwargs", {})
         if "features_per_stage" in kwargs:  # configurations that inherit their architecture have none
-            kwargs["features_per_stage"] = [max(minimum, int(f) // divisor) for f in kwargs["features_per_stage"]]
+            kwargs["features_per_stage"] = narrowed_features(kwargs["features_per_stage"], divisor, minimum)
     plans_file.write_text(json.dumps(plans, indent=2))
 
 

@@ -145,6 +145,31 @@ def test_cpu_plans_copy_shares_the_preprocessed_data(tiny_dataset):
     (pre / f"{name}.json").unlink()
 
 
+def test_width_divisor_narrows_only_the_features_and_names_the_copy(tmp_path):
+    """``--width-divisor``: features_per_stage divided (at least 8), inherited architectures copied, rest kept."""
+    arch = {"network_class_name": "PlainConvUNet", "arch_kwargs": {"features_per_stage": [32, 64, 128, 256],
+                                                                   "strides": [1, 2, 2, 2]}}
+    plans = {"plans_name": "nnUNetPlans", "configurations": {
+        "2d": {"batch_size": 40, "patch_size": [64, 64], "data_identifier": "nnUNetPlans_2d", "architecture": arch},
+        "2d_child": {"inherits_from": "2d", "batch_size": 12}}}
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
+    name = make_override_plans(tmp_path, "2d_child", batch_size=4, width_divisor=8)
+    assert name == "nnUNetPlans_bs4_w8"
+    copy = json.loads((tmp_path / f"{name}.json").read_text())
+    eff = effective_configuration(tmp_path, name, "2d_child")
+    assert eff["features_per_stage"] == [8, 8, 16, 32]  # 32 // 8 = 4 -> the minimum 8
+    assert (eff["batch_size"], eff["patch_size"], eff["data_identifier"]) == (4, [64, 64], "nnUNetPlans_2d")
+    assert copy["configurations"]["2d"] == plans["configurations"]["2d"]  # the parent is untouched
+    assert copy["configurations"]["2d_child"]["architecture"]["arch_kwargs"]["strides"] == [1, 2, 2, 2]
+    assert make_override_plans(tmp_path, "2d", width_divisor=1) == "nnUNetPlans"  # 1: no copy
+    with pytest.raises(PlansError, match="--width-divisor must be at least 1, got 0"):
+        make_override_plans(tmp_path, "2d", width_divisor=0)
+    del plans["configurations"]["2d"]["architecture"]
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
+    with pytest.raises(PlansError, match=r"'2d' in .*nnUNetPlans\.json has no architecture\.arch_kwargs"):
+        make_override_plans(tmp_path, "2d", width_divisor=2)
+
+
 def test_methods_resolve_like_nnunet_including_user_trainers(tmp_path, monkeypatch):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 

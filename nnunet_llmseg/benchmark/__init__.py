@@ -9,7 +9,8 @@ Modules, one idea each:
 
 - :mod:`~nnunet_llmseg.benchmark.methods` - method aliases, finding trainer classes the way nnU-Net does, and the
   generated schedule variants (``{Trainer}_{E}epochs_{I}it``, checkpoint every epoch);
-- :mod:`~nnunet_llmseg.benchmark.plans` - CPU-sized plans copies (batch / patch size) sharing the preprocessed data;
+- :mod:`~nnunet_llmseg.benchmark.plans` - CPU-sized plans copies (batch / patch size / width) sharing the
+  preprocessed data;
 - :mod:`~nnunet_llmseg.benchmark.training_logs` - what nnU-Net's text logs say (pseudo-Dice curve, epoch times,
   the labelled subset a run used) - read as text, nothing unpickled;
 - :mod:`~nnunet_llmseg.benchmark.runs` - run states, reuse, continuation with ``--c``, run-info files, locks and

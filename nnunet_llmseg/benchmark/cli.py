@@ -124,7 +124,8 @@ def run_benchmark(args: argparse.Namespace, command: str) -> int:
     pre_base = Path(pre_root) / dataset_name
     cfg = args.configuration
     try:
-        plans = make_override_plans(pre_base, cfg, args.batch_size, args.patch_size, source=args.plans)
+        plans = make_override_plans(pre_base, cfg, args.batch_size, args.patch_size, source=args.plans,
+                                    width_divisor=args.width_divisor)
         eff = effective_configuration(pre_base, plans, cfg)
     except PlansError as e:
         raise BenchmarkError(str(e)) from e
@@ -154,7 +155,8 @@ def run_benchmark(args: argparse.Namespace, command: str) -> int:
                         results_root=results_root if dependent else shared_root, subset_dependent=dependent))
     subset_path = pre_base / f"labelled_subset_fold{args.fold}.json" if record is not None else None
     print(f"benchmark {dataset_name} {cfg} fold {args.fold}: {len(labelled) if labelled else len(train)} labelled, "
-          f"{len(val)} validation cases; plans {plans} (batch {eff['batch_size']}, patch {eff['patch_size']}); "
+          f"{len(val)} validation cases; plans {plans} (batch {eff['batch_size']}, patch {eff['patch_size']}, "
+          f"features {eff['features_per_stage']}); "
           f"{args.epochs} epochs x {args.iters} iterations on {args.device}")
     try:
         for run in runs:
@@ -208,6 +210,7 @@ def run_benchmark(args: argparse.Namespace, command: str) -> int:
         "plans": plans,
         "batch_size": eff["batch_size"],
         "patch_size": eff["patch_size"],
+        "features_per_stage": eff["features_per_stage"],
         "labelled_cases": labelled,
         "subset_rule": (f"{record.get('rule')}, seed {record.get('seed')}" if record else None),
         "n_validation_cases": len(val),
@@ -248,6 +251,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="override the planned batch size (a plans copy)")
     p.add_argument("--patch-size", type=int, nargs="+", default=None,
                    help="override the planned patch size (a plans copy sharing the preprocessed data)")
+    p.add_argument("--width-divisor", type=int, default=None, metavar="D",
+                   help="divide the planned features_per_stage by D (at least 8 each; a plans copy named _w{D}): "
+                   "a CPU schedule trains a narrower network further in the same time")
     p.add_argument("-device", "--device", default=None, choices=("cpu", "cuda"),
                    help="default: cuda when available, else cpu")
     p.add_argument("--out", type=Path, default=None,

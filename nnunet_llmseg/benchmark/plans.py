@@ -1,9 +1,12 @@
-"""CPU-sized plans: a copy of the plans with another batch and/or patch size, sharing the preprocessed data.
+"""CPU-sized plans: a copy of the plans with another batch size, patch size or width, sharing the preprocessed data.
 
 nnU-Net plans for a GPU (ACDC ``2d``: batch 56 of 256x224 patches); a CPU benchmark needs far less per step.
-The copy ``{plans}_bs{B}_ps{P1}x{P2}`` keeps everything else identical - in particular the configuration's
+The copy ``{plans}_bs{B}_ps{P1}x{P2}_w{D}`` keeps everything else identical - in particular the configuration's
 ``data_identifier`` - so nnU-Net trains on the same preprocessed arrays, and the network keeps its planned depth
-and strides (a patch must therefore be a multiple of the network's total stride on every axis).
+and strides (a patch must therefore be a multiple of the network's total stride on every axis). ``_w{D}`` divides
+``features_per_stage`` by D (at least ``MIN_FEATURES``): a convolution's cost grows with the square of its
+width, so a 4x narrower network trains many more iterations in the same CPU time; every method of one benchmark
+gets the same plans, so the comparison stays fair.
 """
 
 from __future__ import annotations
@@ -13,18 +16,30 @@ import math
 import os
 from pathlib import Path
 
+MIN_FEATURES = 8
+
 
 class PlansError(ValueError):
     """Plans or overrides that cannot be used (the message names the file or the option)."""
 
 
-def override_plans_name(source: str, batch_size: int | None, patch_size: list[int] | None) -> str:
+def override_plans_name(source: str, batch_size: int | None, patch_size: list[int] | None,
+                        width_divisor: int | None = None) -> str:
     name = source
     if batch_size:
         name += f"_bs{batch_size}"
     if patch_size:
         name += "_ps" + "x".join(str(int(p)) for p in patch_size)
+    if width_divisor and width_divisor != 1:
+        name += f"_w{width_divisor}"
     return name
+
+
+def narrowed_features(features_per_stage: list[int], divisor: int, minimum: int = MIN_FEATURES) -> list[int]:
+    """``features_per_stage`` divided by ``divisor``, each at least ``minimum`` (nnU-Net plans' width edit)."""
+    if divisor < 1:
+        raise PlansError(f"--width-divisor must be at least 1, got {divisor}")
+    return [max(minimum, int(f) // divisor) for f in features_per_stage]
 
 
 def _resolved_configuration(plans: dict, configuration: str, plans_file: Path) -> dict:
@@ -59,8 +74,8 @@ def total_stride(configuration: dict) -> list[int]:
 
 def make_override_plans(preprocessed_dataset_folder: str | Path, configuration: str,
                         batch_size: int | None = None, patch_size: list[int] | None = None,
-                        source: str = "nnUNetPlans") -> str:
-    """Write ``{source}_bs{B}_ps{..}.json`` next to ``{source}.json`` and return its plans name.
+                        source: str = "nnUNetPlans", width_divisor: int | None = None) -> str:
+    """Write ``{source}_bs{B}_ps{..}_w{D}.json`` next to ``{source}.json`` and return its plans name.
 
     Without overrides the source plans are returned unchanged. The file is rewritten only when its content would
     change, atomically, so concurrent benchmarks never see half a file.
@@ -75,7 +90,9 @@ def make_override_plans(preprocessed_dataset_folder: str | Path, configuration: 
     except json.JSONDecodeError as e:
         raise PlansError(f"{source_file} is not valid JSON ({e})") from e
     resolved = _resolved_configuration(plans, configuration, source_file)
-    if not batch_size and not patch_size:
+    if width_divisor is not None and width_divisor < 1:
+        raise PlansError(f"--width-divisor must be at least 1, got {width_divisor}")
+    if not batch_size and not patch_size and (not width_divisor or width_divisor == 1):
         return source
     if batch_size is not None and batch_size < 1:
         raise PlansError(f"--batch-size must be at least 1, got {batch_size}")
@@ -95,8 +112,16 @@ def make_override_plans(preprocessed_dataset_folder: str | Path, configuration: 
                              f"of the network's total stride {stride} for configuration {configuration!r} "
                              f"(planned {planned}); e.g. {' '.join(map(str, hint))}")
         entry["patch_size"] = [int(p) for p in patch_size]
+    if width_divisor and width_divisor != 1:
+        architecture = resolved.get("architecture", {})
+        features = architecture.get("arch_kwargs", {}).get("features_per_stage")
+        if not features:
+            raise PlansError(f"--width-divisor: configuration {configuration!r} in {source_file} has no "
+                             f"architecture.arch_kwargs.features_per_stage to divide")
+        entry["architecture"] = json.loads(json.dumps(architecture))  # own copy, even where it was inherited
+        entry["architecture"]["arch_kwargs"]["features_per_stage"] = narrowed_features(features, width_divisor)
     entry.setdefault("data_identifier", resolved.get("data_identifier", f"{source}_{configuration}"))
-    name = override_plans_name(source, batch_size, patch_size)
+    name = override_plans_name(source, batch_size, patch_size, width_divisor)
     plans["plans_name"] = name
     target = base / f"{name}.json"
     text = json.dumps(plans, indent=2)
@@ -114,4 +139,5 @@ def effective_configuration(preprocessed_dataset_folder: str | Path, plans_name:
         raise PlansError(f"{plans_file} not found")
     resolved = _resolved_configuration(json.loads(plans_file.read_text()), configuration, plans_file)
     return {"batch_size": resolved.get("batch_size"), "patch_size": list(resolved.get("patch_size", [])),
-            "data_identifier": resolved.get("data_identifier")}
+            "data_identifier": resolved.get("data_identifier"),
+            "features_per_stage": resolved.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")}

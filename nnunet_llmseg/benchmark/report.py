@@ -264,7 +264,9 @@ def markdown(results: dict) -> str:
         f"Dataset: {results['dataset']}, configuration `{results['configuration']}`, fold {results['fold']}: "
         f"{results['n_labelled']} labelled training cases ({results.get('subset_rule') or 'no subset file'}), "
         f"{results.get('n_validation_cases')} validation cases  ",
-        f"Plans: `{results['plans']}` (batch {results.get('batch_size')}, patch {patch}); schedule {sched['epochs']} "
+        f"Plans: `{results['plans']}` (batch {results.get('batch_size')}, patch {patch}"
+        + (f", features per stage {results['features_per_stage']}" if results.get("features_per_stage") else "")
+        + f"); schedule {sched['epochs']} "
         f"epochs x {sched['iters']} iterations; created {results['created']}", "",
         f"| method | Dice | Jaccard | HD95 | ASD | ΔDice vs {results['baseline']} | p | gap closed | wall time "
         "| epoch time ratio |",
