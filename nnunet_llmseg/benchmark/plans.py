@@ -92,7 +92,9 @@ def make_override_plans(preprocessed_dataset_folder: str | Path, configuration: 
     resolved = _resolved_configuration(plans, configuration, source_file)
     if width_divisor is not None and width_divisor < 1:
         raise PlansError(f"--width-divisor must be at least 1, got {width_divisor}")
-    if not batch_size and not patch_size and (not width_divisor or width_divisor == 1):
+    if width_divisor == 1:
+        width_divisor = None  # the planned width: no edit, no suffix
+    if not batch_size and not patch_size and not width_divisor:
         return source
     if batch_size is not None and batch_size < 1:
         raise PlansError(f"--batch-size must be at least 1, got {batch_size}")
@@ -112,7 +114,7 @@ def make_override_plans(preprocessed_dataset_folder: str | Path, configuration: 
                              f"of the network's total stride {stride} for configuration {configuration!r} "
                              f"(planned {planned}); e.g. {' '.join(map(str, hint))}")
         entry["patch_size"] = [int(p) for p in patch_size]
-    if width_divisor and width_divisor != 1:
+    if width_divisor:
         architecture = resolved.get("architecture", {})
         features = architecture.get("arch_kwargs", {}).get("features_per_stage")
         if not features:
