@@ -170,6 +170,77 @@ def test_width_divisor_narrows_only_the_features_and_names_the_copy(tmp_path):
         make_override_plans(tmp_path, "2d", width_divisor=2)
 
 
+def _write_seg(path: Path, seg) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(seg.astype("uint8"))
+    image.SetSpacing((1.0, 1.0, 2.0))
+    sitk.WriteImage(image, str(path))
+
+
+def test_largest_component_scores_remove_islands_and_compare_like_with_like(tmp_path):
+    """``--largest-component``: nnU-Net's per-class rule on real NIfTI predictions, scored and compared."""
+    import numpy as np
+
+    from nnunet_llmseg.benchmark import report
+    from nnunet_llmseg.benchmark.runs import Run, RunError
+
+    labels = {"background": 0, "blob": 1, "ring": 2}
+    gt_dir = tmp_path / "gt"
+    gt_dir.mkdir()
+    cases = [f"case_{i}" for i in range(3)]
+    runs, rows = [], []
+    for method in ("labelled_only", "llmseg"):
+        run = Run(method=method, base_trainer="T", trainer=f"T_{method}", dataset_name="Dataset999_X",
+                  configuration="3d_fullres", plans="nnUNetPlans", fold=0, results_root=tmp_path / "results")
+        (run.fold_dir / "validation").mkdir(parents=True)
+        (run.trainer_dir / "plans.json").write_text(json.dumps({"image_reader_writer": "SimpleITKIO"}))
+        (run.trainer_dir / "dataset.json").write_text(json.dumps({"labels": labels, "file_ending": ".nii.gz"}))
+        runs.append(run)
+    for i, c in enumerate(cases):
+        gt = np.zeros((6, 24, 24), dtype=np.uint8)
+        gt[1:5, 4:10, 4:10] = 1
+        gt[1:5, 14:20, 14:20] = 2
+        _write_seg(gt_dir / f"{c}.nii.gz", gt)
+        _write_seg(runs[0].fold_dir / "validation" / f"{c}.nii.gz", gt)  # the baseline: exact
+        pred = gt.copy()
+        pred[0, 20:22, 0:2 + i] = 1  # a stray island of class 1 far from its blob, different per case
+        _write_seg(runs[1].fold_dir / "validation" / f"{c}.nii.gz", pred)
+    for run in runs:
+        (run.fold_dir / "validation" / "summary.json").write_text("{}")
+        raw = report.score_run(run, cases, gt_dir, {"blob": 1, "ring": 2}, ".nii.gz", None, 1, tmp_path / "scores")
+        folder = report.largest_component_predictions(run, tmp_path / "lcc" / run.method, 1)
+        lcc = report.score_run(run, cases, gt_dir, {"blob": 1, "ring": 2}, ".nii.gz", None, 1, tmp_path / "scores",
+                               pred_dir=folder, cache_name=f"{run.method}_largest_component")
+        rows.append({"method": run.method, "dice_mean": raw["summary"]["overall"]["dice"]["mean"],
+                     "per_case_dice": report.per_case_dice(raw),
+                     "largest_component": report.largest_component_entry(lcc)})
+    base, method = rows
+    assert method["dice_mean"] < base["dice_mean"] == 1.0  # the islands cost Dice before postprocessing
+    assert method["largest_component"]["dice_mean"] == base["largest_component"]["dice_mean"] == 1.0
+    assert method["largest_component"]["hd95_mean"] == 0.0
+    assert (tmp_path / "scores" / "llmseg_largest_component.json").is_file()
+    record = json.loads((tmp_path / "lcc" / "llmseg" / report.POSTPROCESSING_RECORD).read_text())
+    assert record["labels_or_regions"] == [1, 2]
+
+    report.add_comparisons(rows, "labelled_only", None)
+    assert method["vs_labelled_only"]["dice_diff"] < 0
+    assert method["largest_component"]["vs_labelled_only"]["dice_diff"] == 0.0  # postprocessed vs postprocessed
+
+    # reused while the validation is unchanged, redone when it changes
+    kept = (tmp_path / "lcc" / "llmseg" / "case_0.nii.gz").stat().st_mtime_ns
+    assert report.largest_component_predictions(runs[1], tmp_path / "lcc" / "llmseg", 1) == tmp_path / "lcc" / "llmseg"
+    assert (tmp_path / "lcc" / "llmseg" / "case_0.nii.gz").stat().st_mtime_ns == kept
+    time.sleep(0.01)
+    (runs[1].fold_dir / "validation" / "summary.json").write_text("{ }")
+    report.largest_component_predictions(runs[1], tmp_path / "lcc" / "llmseg", 1)
+    assert (tmp_path / "lcc" / "llmseg" / "case_0.nii.gz").stat().st_mtime_ns != kept
+
+    (runs[0].trainer_dir / "plans.json").unlink()
+    with pytest.raises(RunError, match=r"plans\.json not found.*cannot be postprocessed"):
+        report.largest_component_predictions(runs[0], tmp_path / "lcc" / "x", 1)
+
+
 def test_methods_resolve_like_nnunet_including_user_trainers(tmp_path, monkeypatch):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -308,11 +379,19 @@ def test_benchmark_survives_interruption_continues_and_reuses(bench, tmp_path):
     for png in ("metrics.png", "curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # third time: everything is reused, nothing trains, the wall times stay those of the training
-    third = run_cli(cmd, env=env, timeout=300).stdout
+    # third time: everything is reused, nothing trains, the wall times stay those of the training; the
+    # largest-component scores are added beside the raw ones (the raw ones unchanged)
+    third = run_cli([*cmd, "--largest-component"], env=env, timeout=300).stdout
     assert "[done]" in third and " train: " not in third and " continue: " not in third
     again = json.loads((out / "results.json").read_text())
     assert [r["wall_seconds"] for r in again["rows"]] == [r["wall_seconds"] for r in results_json["rows"]]
+    assert [r["dice_mean"] for r in again["rows"]] == [r["dice_mean"] for r in results_json["rows"]]
+    for r in again["rows"]:
+        assert set(r["largest_component"]["per_case_dice"]) == set(results_json["validation_cases"])
+        assert sorted(f.name[:-len(".nii.gz")] for f in (out / "largest_component" / r["method"]).glob("*.nii.gz")) \
+            == sorted(results_json["validation_cases"])
+    assert "vs_labelled_only" in again["rows"][1]["largest_component"]
+    assert "After keeping each class's largest connected component" in (out / "results.md").read_text()
     assert len(json.loads((lo_dir / "fold_0_benchmark.json").read_text())["sessions"]) == 2
 
 

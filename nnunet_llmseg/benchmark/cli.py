@@ -6,7 +6,8 @@ subset file every training case is labelled. Each method is trained with the sam
 real ``nnUNetv2_train``, finished runs are reused, interrupted ones continued (see
 :mod:`nnunet_llmseg.benchmark.runs`), and the fold's validation predictions are scored and compared with the
 labelled-only baseline (:mod:`nnunet_llmseg.benchmark.stats`). Outputs in ``--out``: results.json, results.md,
-metrics.png, curves.png, logs/ (one log per method) and scores/ (cached evaluations).
+metrics.png, curves.png, logs/ (one log per method), scores/ (cached evaluations) and, with
+``--largest-component``, largest_component/ (the postprocessed copies that table scores).
 
 Re-running the same command after a time limit or a crash continues where it stopped.
 """
@@ -195,7 +196,18 @@ def run_benchmark(args: argparse.Namespace, command: str) -> int:
             print(f"[{run.method}] not scored: {e}", file=sys.stderr)
             missing[run.method] = "validation incomplete"
             continue
-        rows.append(report.build_row(run, result, report.logs_of(run)))
+        row = report.build_row(run, result, report.logs_of(run))
+        if args.largest_component:
+            try:
+                folder = report.largest_component_predictions(run, args.out / "largest_component" / run.method,
+                                                              args.num_processes)
+                row["largest_component"] = report.largest_component_entry(report.score_run(
+                    run, val, pre_base / "gt_segmentations", labels, file_ending, ignore_label,
+                    args.num_processes, args.out / "scores", pred_dir=folder,
+                    cache_name=f"{run.method}_largest_component"))
+            except RunError as e:
+                print(f"[{run.method}] largest-component scores left out: {e}", file=sys.stderr)
+        rows.append(row)
     report.add_comparisons(rows, args.baseline, args.upper)
     results = {
         "dataset": dataset_name,
@@ -265,6 +277,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", type=int, default=1, help="training processes at once (GPU: several may share)")
     p.add_argument("-np", "--num-processes", type=int, default=None, help="processes for scoring")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the finished runs")
+    p.add_argument("--largest-component", action="store_true",
+                   help="also score every method after keeping each class's largest connected component "
+                        "(nnU-Net's per-class postprocessing, one fixed rule for all methods; copies in "
+                        "OUT/largest_component/)")
 
 
 def _run(args: argparse.Namespace) -> int:

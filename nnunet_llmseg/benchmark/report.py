@@ -35,6 +35,10 @@ STATISTICS_CONVENTIONS = {
     "wall_seconds": "sum of the run's nnUNetv2_train sessions (training and nnU-Net's final validation), from the "
                     "run-info file next to the fold folder (or nnU-Net's logs for runs trained outside the "
                     "benchmark)",
+    "largest_component": "with --largest-component: the same validation predictions after keeping only each "
+                         "class's largest connected component (nnU-Net's per-class postprocessing rule, applied "
+                         "to every method; not chosen on the validation cases), scored and compared the same way, "
+                         "postprocessed baseline against postprocessed method",
     "epoch_seconds": "mean of nnU-Net's logged epoch times (training + per-epoch validation iterations), "
                      "first epoch left out",
 }
@@ -45,22 +49,27 @@ _HYPER_SKIP = ("folder", "file", "dataloader", "manager", "json", "kwargs", "hos
 
 # ----------------------------------------------------------------------------------------------- scoring
 def score_run(run: Run, validation_cases: list[str], gt_dir: Path, labels: dict, file_ending: str,
-              ignore_label: int | None, num_processes: int, cache_dir: Path) -> dict:
-    """``evaluate_folders``' result for the run's validation predictions of exactly ``validation_cases``."""
+              ignore_label: int | None, num_processes: int, cache_dir: Path, pred_dir: Path | None = None,
+              cache_name: str | None = None) -> dict:
+    """``evaluate_folders``' result for the run's validation predictions of exactly ``validation_cases``.
+
+    ``pred_dir`` (default: ``fold_F/validation``) scores another copy of them, e.g. the largest-component one;
+    its cache file is ``cache_name`` (default: the method's name).
+    """
     from nnunet_llmseg.evaluation.report import evaluate_folders
 
-    pred_dir = run.fold_dir / "validation"
+    pred_dir = pred_dir or run.fold_dir / "validation"
     missing = [c for c in validation_cases if not (pred_dir / f"{c}{file_ending}").is_file()]
     if missing:
         raise RunError(
             f"{pred_dir} has no prediction for {len(missing)} of the fold's {len(validation_cases)} validation "
             f"cases (e.g. {', '.join(missing[:5])}): the split changed since this run was trained, or its validation "
             f"was cut short. Rerun it: nnUNetv2_train ... -tr {run.trainer} -p {run.plans} --val")
-    summary = pred_dir / "summary.json"
+    stamp = next((f for f in (pred_dir / "summary.json", pred_dir / POSTPROCESSING_RECORD) if f.is_file()), None)
     key = {"prediction_folder": str(pred_dir.resolve()),
-           "summary_mtime_ns": summary.stat().st_mtime_ns if summary.is_file() else None,
+           "summary_mtime_ns": stamp.stat().st_mtime_ns if stamp is not None else None,
            "cases": sorted(validation_cases), "labels": labels, "ignore_label": ignore_label}
-    cache = cache_dir / f"{run.method}.json"
+    cache = cache_dir / f"{cache_name or run.method}.json"
     if cache.is_file():
         try:
             cached = json.loads(cache.read_text())
@@ -86,6 +95,70 @@ def score_run(run: Run, validation_cases: list[str], gt_dir: Path, labels: dict,
     tmp_cache.write_text(json.dumps({"key": key, "result": result}, allow_nan=False))
     os.replace(tmp_cache, cache)
     return result
+
+
+#: written last into a largest-component folder: what it was made from (a missing or stale record -> redo)
+POSTPROCESSING_RECORD = "postprocessing.json"
+
+
+def largest_component_predictions(run: Run, target: Path, num_processes: int | None) -> Path:
+    """The run's validation predictions with only each class's largest connected component kept, in ``target``.
+
+    nnU-Net's own per-class postprocessing candidate (``remove_all_but_largest_component_from_segmentation``
+    for every foreground label or region, applied by ``apply_postprocessing_to_folder`` with the run's
+    ``plans.json`` and ``dataset.json``), applied to every method alike. It is a fixed rule, not
+    ``nnUNetv2_determine_postprocessing``, which would choose per class on the very validation cases the
+    benchmark then reports. Redone when the run's validation changed since (``summary.json``'s time).
+    """
+    import shutil
+
+    from nnunetv2.postprocessing.remove_connected_components import (
+        apply_postprocessing_to_folder,
+        remove_all_but_largest_component_from_segmentation,
+    )
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    source = run.fold_dir / "validation"
+    plans_file, dataset_file = run.trainer_dir / "plans.json", run.trainer_dir / "dataset.json"
+    for f in (plans_file, dataset_file):
+        if not f.is_file():
+            raise RunError(f"{f} not found: nnUNetv2_train writes it next to fold_{run.fold}; the run's folder is "
+                           "incomplete, so its predictions cannot be postprocessed")
+    summary = source / "summary.json"
+    dataset_json = json.loads(dataset_file.read_text())
+    manager = PlansManager(str(plans_file)).get_label_manager(dataset_json)
+    targets = manager.foreground_regions if manager.has_regions else manager.foreground_labels
+    targets = [list(t) if isinstance(t, (list, tuple)) else int(t) for t in targets]
+    record = {"source": str(source.resolve()), "summary_mtime_ns": summary.stat().st_mtime_ns
+              if summary.is_file() else None, "rule": "largest connected component per class",
+              "labels_or_regions": targets}
+    record_file = target / POSTPROCESSING_RECORD
+    try:
+        if json.loads(record_file.read_text()) == record:
+            return target
+    except (OSError, json.JSONDecodeError):
+        pass
+    if target.exists():
+        shutil.rmtree(target)
+    n = len(targets)
+    apply_postprocessing_to_folder(str(source), str(target), [remove_all_but_largest_component_from_segmentation] * n,
+                                   [{"labels_or_regions": t} for t in targets], plans_file_or_dict=str(plans_file),
+                                   dataset_json_file_or_dict=dataset_json,
+                                   num_processes=max(1, num_processes or os.cpu_count() or 1))
+    record_file.write_text(json.dumps(record))
+    return target
+
+
+def largest_component_entry(result: dict) -> dict:
+    """The ``largest_component`` part of a row: overall and per-class Dice and HD95, and the per-case Dice."""
+    overall = result["summary"]["overall"]
+    return _clean({
+        "dice_mean": overall["dice"]["mean"], "dice_std": overall["dice"]["std"],
+        "hd95_mean": overall["hd95"]["mean"], "hd95_std": overall["hd95"]["std"],
+        "per_class": {name: {m: {"mean": e[m]["mean"], "std": e[m]["std"]} for m in ("dice", "hd95")}
+                      for name, e in result["summary"]["per_class"].items()},
+        "per_case_dice": per_case_dice(result),
+    })
 
 
 def per_case_dice(result: dict) -> dict[str, float]:
@@ -174,6 +247,12 @@ def add_comparisons(rows: list[dict], baseline: str, upper: str | None) -> None:
         r["vs_labelled_only"] = _clean(compare(
             r["per_case_dice"], base["per_case_dice"], r["dice_mean"], base["dice_mean"],
             top["dice_mean"] if top is not None else None).to_json())
+        lc, base_lc = r.get("largest_component"), base.get("largest_component")
+        if lc is not None and base_lc is not None:  # postprocessed against postprocessed, never mixed
+            top_lc = (top or {}).get("largest_component")
+            lc["vs_labelled_only"] = _clean(compare(
+                lc["per_case_dice"], base_lc["per_case_dice"], lc["dice_mean"], base_lc["dice_mean"],
+                top_lc["dice_mean"] if top_lc is not None else None).to_json())
 
 
 # ----------------------------------------------------------------------------------------------- environment
@@ -289,6 +368,20 @@ def markdown(results: dict) -> str:
         for r in rows:
             lines.append(f"| {r['method']} | " + " | ".join(
                 _pm(r["per_class"][c][metric]["mean"], r["per_class"][c][metric]["std"]) for c in classes) + " |")
+    lc_rows = [r for r in rows if r.get("largest_component")]
+    if lc_rows:
+        lines += ["", "After keeping each class's largest connected component (every method alike; "
+                  "docs/benchmark.md):", "",
+                  f"| method | Dice | HD95 | ΔDice vs {results['baseline']} | p | gap closed | Dice per class "
+                  f"({', '.join(classes)}) |", "|---|---|---|---|---|---|---|"]
+        for r in lc_rows:
+            lc = r["largest_component"]
+            vs = lc.get("vs_labelled_only")
+            lines.append("| " + " | ".join([
+                r["method"], _pm(lc["dice_mean"], lc["dice_std"]), _pm(lc["hd95_mean"], lc["hd95_std"]),
+                _fmt(vs["dice_diff"], signed=True) if vs else "-", _p(vs) if vs else "-",
+                (f"{100 * vs['gap_closed']:.0f} %" if vs["gap_closed"] is not None else "n/a") if vs else "-",
+                " / ".join(_fmt(lc["per_class"][c]["dice"]["mean"]) for c in classes)]) + " |")
     notes = [f"{r['method']}: {r['vs_labelled_only']['gap_note']}" for r in rows
              if r.get("vs_labelled_only", {}).get("gap_note") and r["method"] != results.get("upper")]
     lines += ["", "HD95/ASD in the dataset's spacing units (mm, or pixels where the images carry unit spacing); "
