@@ -26,6 +26,7 @@ from nnunet_llmseg.benchmark.methods import (
     write_variant_module,
 )
 from nnunet_llmseg.benchmark.plans import PlansError, effective_configuration, make_override_plans
+from nnunet_llmseg.benchmark.repeats import RepeatsError, compare_all, compare_runs, load_runs, permutation_p
 from nnunet_llmseg.benchmark.stats import compare, gap_closed, paired_wilcoxon
 from nnunet_llmseg.benchmark.training_logs import parse_logs
 
@@ -83,6 +84,63 @@ def test_gap_share_and_comparison_entry():
     assert entry["dice_diff"] == pytest.approx(0.1) and entry["gap_closed"] == pytest.approx(0.5)
     assert entry["p_value"] < 0.01 and entry["n_pairs"] == 8
     assert {"dice_diff", "p_value", "gap_closed"} <= set(entry)
+
+
+# ----------------------------------------------------------------------------------------------- repeats
+
+
+def test_run_level_permutation_test_floors_and_direction():
+    p, floor = permutation_p([0.80, 0.81], [0.70, 0.71, 0.72])
+    assert (p, floor) == pytest.approx((0.1, 0.1))  # the observed split is the most extreme of C(5, 2) = 10
+    p, floor = permutation_p([0.5, 0.6, 0.7, 0.8], [0.1, 0.2, 0.3, 0.4])
+    assert (p, floor) == pytest.approx((2 / 70, 2 / 70))  # the split and its mirror of C(8, 4) = 70
+    assert permutation_p([0.7, 0.8], [0.8, 0.7])[0] == pytest.approx(1.0)
+    c = compare_runs("tak", [0.80, 0.81], "labelled_only", [0.70, 0.79, 0.72])
+    assert c.diff == pytest.approx(0.805 - (0.70 + 0.79 + 0.72) / 3)
+    assert c.margin == pytest.approx(0.80 - 0.79) and c.note and "cannot go below p = 0.1" in c.note
+    assert compare_runs("a", [0.5, 0.6, 0.7, 0.8], "b", [0.1, 0.2, 0.3, 0.4]).note is None
+
+
+def _results_file(path: Path, rows: dict[str, tuple[float, float | None]], **header) -> Path:
+    cases = ["c1", "c2"]
+    base = {"dataset": "Dataset027_ACDC", "configuration": "2d", "fold": 0, "plans": "P", "schedule": "15x100",
+            "labelled_cases": ["l1"], "validation_cases": cases}
+    base.update(header)
+    out = []
+    for method, (dice, lc) in rows.items():
+        row = {"method": method, "dice_mean": dice, "per_case_dice": {c: dice + i / 100 for i, c in enumerate(cases)}}
+        if lc is not None:
+            row["largest_component"] = {"dice_mean": lc}
+        out.append(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**base, "rows": out}))
+    return path
+
+
+def test_repeats_pool_runs_across_files_and_refuse_what_is_not_a_repeat(tmp_path):
+    f1 = _results_file(tmp_path / "r1" / "results.json", {"labelled_only": (0.75, 0.80), "tak": (0.77, 0.82)})
+    f2 = _results_file(tmp_path / "r2" / "results.json", {"labelled_only": (0.61, None), "tak": (0.78, 0.83)})
+    runs = load_runs([f1, f2])
+    assert [v for _, v in runs["labelled_only"]] == [0.75, 0.61]
+    (tak,) = compare_all(runs)
+    assert tak.diff == pytest.approx(0.775 - 0.68) and tak.margin == pytest.approx(0.77 - 0.75)
+    # a row without the requested score is left out, not counted as zero
+    assert [v for _, v in load_runs([f1, f2], "largest_component")["labelled_only"]] == [0.80]
+    with pytest.raises(RepeatsError, match="same training run"):
+        load_runs([f1, f1])
+    other = _results_file(tmp_path / "r3" / "results.json", {"labelled_only": (0.7, None)}, plans="Q")
+    with pytest.raises(RepeatsError, match="field 'plans' differs"):
+        load_runs([f1, other])
+    with pytest.raises(RepeatsError, match="no run of the baseline 'all_labels'"):
+        compare_all(runs, "all_labels")
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "repeats.py"),
+                          str(f1), str(f2), "--json", str(tmp_path / "c.json")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| tak | 2 | 0.770 / 0.780 | 0.775 | +0.095 | +0.020 | 0.33 (floor 0.33) |" in out
+    assert json.loads((tmp_path / "c.json").read_text())["comparisons"][0]["method"] == "tak"
+    bad = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "repeats.py"),
+                          str(f1), str(other)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "field 'plans' differs" in bad.stderr
 
 
 # ----------------------------------------------------------------------------------------------- logs

@@ -1,0 +1,45 @@
+"""Compare methods over repeated training runs of one benchmark (runs, not validation cases, as the unit).
+
+Each ``results.json`` is one repeat of the same ``nnunet-llmseg benchmark`` command (a new ``--results`` folder
+trains every method again). A method's runs are its rows across the files; each is compared with the baseline's
+runs by the difference of mean run Dice, the worst-minus-best margin and an exact permutation test over the runs
+(``nnunet_llmseg.benchmark.repeats``). Use it before claiming a method wins: the table's per-case p-value does not
+cover run-to-run variation.
+
+    python benchmarks/repeats.py RUN1/results.json RUN2/results.json [...] [--score largest_component]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from nnunet_llmseg.benchmark.repeats import SCORES, RepeatsError, compare_all, load_runs, markdown
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", type=Path, help="results.json of each repeat")
+    parser.add_argument("--baseline", default="labelled_only", help="method every other is compared with")
+    parser.add_argument("--score", choices=SCORES, default="raw",
+                        help="raw: nnU-Net's validation predictions; largest_component: after --largest-component")
+    parser.add_argument("--json", type=Path, help="also write the comparisons here")
+    args = parser.parse_args(argv)
+    try:
+        runs = load_runs(args.files, args.score)
+        comparisons = compare_all(runs, args.baseline)
+    except RepeatsError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(markdown(comparisons, runs, args.baseline))
+    for c in comparisons:
+        if c.note:
+            print(f"note: {c.method}: {c.note}")
+    if args.json:
+        args.json.write_text(json.dumps({"score": args.score, "baseline": args.baseline,
+                                         "files": [str(f) for f in args.files],
+                                         "comparisons": [c.to_json() for c in comparisons]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

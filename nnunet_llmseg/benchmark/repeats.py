@@ -1,0 +1,163 @@
+"""Compare methods across repeated training runs, so that a claim survives training a second time.
+
+Why this exists: the benchmark table's p-value is a paired Wilcoxon test over validation *cases* of one training
+run per method. It says how consistently that run beats that baseline run case by case, not whether training
+again would repeat the difference. nnU-Net sets no seed, so two trainings of the same command differ; on ACDC
+2d at the CPU schedule, labelled-only nnU-Net scored 0.749, 0.783 and 0.613 in three trainings (more spread than
+any method's margin), while each per-case test between two of them came out "significant".
+
+Given several ``results.json`` files of the same benchmark (same dataset, configuration, fold, plans, schedule,
+labelled cases and validation cases), each method's runs are its rows across the files, and:
+
+* ``run_dice``: each run's mean Dice (the table's Dice column, or the largest-component table's with
+  ``score="largest_component"``).
+* ``diff``: mean of the method's run Dice minus mean of the baseline's.
+* ``margin``: the method's worst run minus the baseline's best run; positive means every run of the method beat
+  every run of the baseline.
+* ``p_value``: exact two-sided permutation test of ``diff`` over every way to split the pooled runs into groups
+  of the two sizes (runs, not cases, are the unit). With few runs it cannot be small: its floor is
+  ``min_p`` (1 / C(n+m, n), doubled when n == m), e.g. 0.1 for 2 vs 3 runs and 0.029 for 4 vs 4. A comparison
+  whose floor is above 0.05 says so in ``note`` instead of pretending to evidence.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from itertools import combinations
+from math import comb
+from pathlib import Path
+
+#: Header fields that must agree for runs to be repeats of one benchmark (``results.json`` top level).
+SAME_BENCHMARK_FIELDS = ("dataset", "configuration", "fold", "plans", "schedule", "labelled_cases",
+                         "validation_cases")
+SCORES = ("raw", "largest_component")
+
+
+class RepeatsError(ValueError):
+    """Files that are not repeats of one benchmark, or a method/score they do not hold."""
+
+
+@dataclass
+class RunLevelComparison:
+    """One method against the baseline over repeated training runs (see the module doc)."""
+
+    method: str
+    baseline: str
+    run_dice: list[float]
+    baseline_run_dice: list[float]
+    diff: float
+    margin: float
+    p_value: float
+    min_p: float
+    note: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def permutation_p(a: list[float], b: list[float]) -> tuple[float, float]:
+    """(p, floor of p): exact two-sided permutation test of mean(a) - mean(b) over all relabellings of the runs."""
+    if not a or not b:
+        raise RepeatsError("each group needs at least one run")
+    pooled = a + b
+    n, total = len(a), sum(a) + sum(b)
+    observed = abs(_mean(a) - _mean(b))
+    splits = comb(len(pooled), n)
+    extreme = 0
+    for idx in combinations(range(len(pooled)), n):
+        sum_a = sum(pooled[i] for i in idx)
+        stat = abs(sum_a / n - (total - sum_a) / len(b))
+        if stat >= observed - 1e-12:
+            extreme += 1
+    floor = (2 if len(a) == len(b) else 1) / splits
+    return extreme / splits, floor
+
+
+def compare_runs(method: str, runs: list[float], baseline: str, baseline_runs: list[float],
+                 alpha: float = 0.05) -> RunLevelComparison:
+    """The run-level comparison of one method with the baseline."""
+    p, floor = permutation_p(runs, baseline_runs)
+    note = None
+    if floor > alpha:
+        note = (f"{len(runs)} vs {len(baseline_runs)} run(s): the permutation test cannot go below p = {floor:.2g}; "
+                f"train more repeats (4 vs 4 reach 0.029)")
+    return RunLevelComparison(method=method, baseline=baseline, run_dice=runs, baseline_run_dice=baseline_runs,
+                              diff=_mean(runs) - _mean(baseline_runs), margin=min(runs) - max(baseline_runs),
+                              p_value=p, min_p=floor, note=note)
+
+
+def _score(row: dict, score: str, path: Path) -> float | None:
+    if score == "raw":
+        return row.get("dice_mean")
+    entry = row.get("largest_component")
+    return None if entry is None else entry.get("dice_mean")
+
+
+def load_runs(files: list[Path], score: str = "raw") -> dict[str, list[tuple[Path, float]]]:
+    """Method -> [(file, run Dice)] over the files; refuses files of different benchmarks or a repeated run.
+
+    Rows without the requested score (e.g. no ``largest_component`` entry: the file was made without
+    ``--largest-component``) are left out of that method's runs, not counted as zero.
+    """
+    if score not in SCORES:
+        raise RepeatsError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
+    if not files:
+        raise RepeatsError("give at least one results.json")
+    reference: dict | None = None
+    seen: dict[tuple, Path] = {}
+    runs: dict[str, list[tuple[Path, float]]] = {}
+    for path in files:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RepeatsError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(data, dict) or "rows" not in data:
+            raise RepeatsError(f"{path} is not a benchmark results.json (no 'rows')")
+        header = {k: data.get(k) for k in SAME_BENCHMARK_FIELDS}
+        if reference is None:
+            reference = {"path": path, **header}
+        else:
+            for key in SAME_BENCHMARK_FIELDS:
+                if header[key] != reference[key]:
+                    raise RepeatsError(f"{path} and {reference['path']} are not repeats of one benchmark: field "
+                                       f"{key!r} differs ({str(header[key])[:80]} vs {str(reference[key])[:80]})")
+        for row in data["rows"]:
+            value = _score(row, score, path)
+            if value is None:
+                continue
+            fingerprint = (row["method"], tuple(sorted((row.get("per_case_dice") or {}).items())))
+            if fingerprint in seen:
+                raise RepeatsError(f"{path}: the {row['method']} row is the same training run as in "
+                                   f"{seen[fingerprint]} (identical per-case Dice); list each run once")
+            seen[fingerprint] = path
+            runs.setdefault(row["method"], []).append((path, float(value)))
+    return runs
+
+
+def compare_all(runs: dict[str, list[tuple[Path, float]]], baseline: str = "labelled_only",
+                alpha: float = 0.05) -> list[RunLevelComparison]:
+    """Every method with at least one run against the baseline's runs."""
+    if baseline not in runs:
+        raise RepeatsError(f"no run of the baseline {baseline!r}; methods: {', '.join(sorted(runs))}")
+    base = [v for _, v in runs[baseline]]
+    return [compare_runs(m, [v for _, v in r], baseline, base, alpha) for m, r in runs.items() if m != baseline]
+
+
+def markdown(comparisons: list[RunLevelComparison], runs: dict[str, list[tuple[Path, float]]],
+             baseline: str) -> str:
+    """A table: runs and their Dice per method, then each method against the baseline."""
+    lines = ["| method | runs | Dice per run | mean | vs baseline mean | worst minus best baseline run | "
+             "p (runs, permutation) |", "|---|---|---|---|---|---|---|"]
+    base = [v for _, v in runs[baseline]]
+    lines.append(f"| {baseline} (baseline) | {len(base)} | {' / '.join(f'{v:.3f}' for v in base)} | "
+                 f"{_mean(base):.3f} | - | - | - |")
+    for c in comparisons:
+        p_text = f"{c.p_value:.2g}" + (f" (floor {c.min_p:.2g})" if c.note else "")
+        lines.append(f"| {c.method} | {len(c.run_dice)} | {' / '.join(f'{v:.3f}' for v in c.run_dice)} | "
+                     f"{_mean(c.run_dice):.3f} | {c.diff:+.3f} | {c.margin:+.3f} | {p_text} |")
+    return "\n".join(lines)
