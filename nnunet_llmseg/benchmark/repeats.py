@@ -85,7 +85,7 @@ def compare_runs(method: str, runs: list[float], baseline: str, baseline_runs: l
     note = None
     if floor > alpha:
         note = (f"{len(runs)} vs {len(baseline_runs)} run(s): the permutation test cannot go below p = {floor:.2g}; "
-                f"train more repeats (4 vs 4 reach 0.029)")
+                f"train more repeats (3 vs 4 reach 0.029)")
     return RunLevelComparison(method=method, baseline=baseline, run_dice=runs, baseline_run_dice=baseline_runs,
                               diff=_mean(runs) - _mean(baseline_runs), margin=min(runs) - max(baseline_runs),
                               p_value=p, min_p=floor, note=note)
