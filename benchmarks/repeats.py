@@ -27,11 +27,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the comparisons here")
     args = parser.parse_args(argv)
     try:
-        runs = load_runs(args.files, args.score)
+        notes: list[str] = []
+        runs = load_runs(args.files, args.score, notes)
         comparisons = compare_all(runs, args.baseline)
     except RepeatsError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(markdown(comparisons, runs, args.baseline))
+    for line in notes:
+        print(f"note: {line}")
     for c in comparisons:
         if c.note:
             print(f"note: {c.method}: {c.note}")

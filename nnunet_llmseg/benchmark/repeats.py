@@ -98,11 +98,15 @@ def _score(row: dict, score: str, path: Path) -> float | None:
     return None if entry is None else entry.get("dice_mean")
 
 
-def load_runs(files: list[Path], score: str = "raw") -> dict[str, list[tuple[Path, float]]]:
-    """Method -> [(file, run Dice)] over the files; refuses files of different benchmarks or a repeated run.
+def load_runs(files: list[Path], score: str = "raw",
+              notes: list[str] | None = None) -> dict[str, list[tuple[Path, float]]]:
+    """Method -> [(file, run Dice)] over the files; refuses files of different benchmarks.
 
     Rows without the requested score (e.g. no ``largest_component`` entry: the file was made without
-    ``--largest-component``) are left out of that method's runs, not counted as zero.
+    ``--largest-component``) are left out of that method's runs, not counted as zero. A row that is the same
+    training run as one in an earlier file (same method, identical per-case Dice: the benchmark reuses runs that
+    ignore the labelled subset, e.g. ``all_labels`` in ``$nnUNet_results``, across ``--results`` folders) counts
+    once; a line saying so is appended to ``notes``.
     """
     if score not in SCORES:
         raise RepeatsError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
@@ -132,8 +136,10 @@ def load_runs(files: list[Path], score: str = "raw") -> dict[str, list[tuple[Pat
                 continue
             fingerprint = (row["method"], tuple(sorted((row.get("per_case_dice") or {}).items())))
             if fingerprint in seen:
-                raise RepeatsError(f"{path}: the {row['method']} row is the same training run as in "
-                                   f"{seen[fingerprint]} (identical per-case Dice); list each run once")
+                if notes is not None:
+                    notes.append(f"{path}: the {row['method']} row is the same training run as in "
+                                 f"{seen[fingerprint]} (identical per-case Dice); counted once")
+                continue
             seen[fingerprint] = path
             runs.setdefault(row["method"], []).append((path, float(value)))
     return runs
