@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_semi_supervised import copy_dataset
 
-from conftest import _bin, run_cli
+from conftest import REPO_ROOT, _bin, run_cli
 from nnunet_llmseg.benchmark.methods import (
     METHOD_ALIASES,
     MethodError,
@@ -121,11 +121,11 @@ def test_repeats_pool_runs_across_files_and_refuse_what_is_not_a_repeat(tmp_path
     f1 = _results_file(tmp_path / "r1" / "results.json", {"labelled_only": (0.75, 0.80), "tak": (0.77, 0.82)})
     f2 = _results_file(tmp_path / "r2" / "results.json", {"labelled_only": (0.61, None), "tak": (0.78, 0.83)})
     runs = load_runs([f1, f2])
-    assert [v for _, v in runs["labelled_only"]] == [0.75, 0.61]
+    assert runs["labelled_only"] == [0.75, 0.61]
     (tak,) = compare_all(runs)
     assert tak.diff == pytest.approx(0.775 - 0.68) and tak.margin == pytest.approx(0.77 - 0.75)
     # a row without the requested score is left out, not counted as zero
-    assert [v for _, v in load_runs([f1, f2], "largest_component")["labelled_only"]] == [0.80]
+    assert load_runs([f1, f2], "largest_component")["labelled_only"] == [0.80]
     notes: list[str] = []  # a run shared by two repeats (all_labels lives in $nnUNet_results) counts once
     assert len(load_runs([f1, f1], notes=notes)["tak"]) == 1 and "same training run" in notes[0]
     other = _results_file(tmp_path / "r3" / "results.json", {"labelled_only": (0.7, None)}, plans="Q")
@@ -133,13 +133,12 @@ def test_repeats_pool_runs_across_files_and_refuse_what_is_not_a_repeat(tmp_path
         load_runs([f1, other])
     with pytest.raises(RepeatsError, match="no run of the baseline 'all_labels'"):
         compare_all(runs, "all_labels")
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "repeats.py"),
-                          str(f1), str(f2), "--json", str(tmp_path / "c.json")],
+    script = str(REPO_ROOT / "benchmarks" / "repeats.py")
+    out = subprocess.run([sys.executable, script, str(f1), str(f2), "--json", str(tmp_path / "c.json")],
                          capture_output=True, text=True, check=True).stdout
     assert "| tak | 2 | 0.770 / 0.780 | 0.775 | +0.095 | +0.020 | 0.33 (floor 0.33) |" in out
     assert json.loads((tmp_path / "c.json").read_text())["comparisons"][0]["method"] == "tak"
-    bad = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "repeats.py"),
-                          str(f1), str(other)], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, script, str(f1), str(other)], capture_output=True, text=True)
     assert bad.returncode != 0 and "field 'plans' differs" in bad.stderr
 
 

@@ -91,7 +91,7 @@ def compare_runs(method: str, runs: list[float], baseline: str, baseline_runs: l
                               p_value=p, min_p=floor, note=note)
 
 
-def _score(row: dict, score: str, path: Path) -> float | None:
+def _score(row: dict, score: str) -> float | None:
     if score == "raw":
         return row.get("dice_mean")
     entry = row.get("largest_component")
@@ -99,8 +99,8 @@ def _score(row: dict, score: str, path: Path) -> float | None:
 
 
 def load_runs(files: list[Path], score: str = "raw",
-              notes: list[str] | None = None) -> dict[str, list[tuple[Path, float]]]:
-    """Method -> [(file, run Dice)] over the files; refuses files of different benchmarks.
+              notes: list[str] | None = None) -> dict[str, list[float]]:
+    """Method -> run Dice over the files, in file order; refuses files of different benchmarks.
 
     Rows without the requested score (e.g. no ``largest_component`` entry: the file was made without
     ``--largest-component``) are left out of that method's runs, not counted as zero. A row that is the same
@@ -114,7 +114,7 @@ def load_runs(files: list[Path], score: str = "raw",
         raise RepeatsError("give at least one results.json")
     reference: dict | None = None
     seen: dict[tuple, Path] = {}
-    runs: dict[str, list[tuple[Path, float]]] = {}
+    runs: dict[str, list[float]] = {}
     for path in files:
         try:
             data = json.loads(Path(path).read_text())
@@ -131,7 +131,7 @@ def load_runs(files: list[Path], score: str = "raw",
                     raise RepeatsError(f"{path} and {reference['path']} are not repeats of one benchmark: field "
                                        f"{key!r} differs ({str(header[key])[:80]} vs {str(reference[key])[:80]})")
         for row in data["rows"]:
-            value = _score(row, score, path)
+            value = _score(row, score)
             if value is None:
                 continue
             fingerprint = (row["method"], tuple(sorted((row.get("per_case_dice") or {}).items())))
@@ -141,25 +141,24 @@ def load_runs(files: list[Path], score: str = "raw",
                                  f"{seen[fingerprint]} (identical per-case Dice); counted once")
                 continue
             seen[fingerprint] = path
-            runs.setdefault(row["method"], []).append((path, float(value)))
+            runs.setdefault(row["method"], []).append(float(value))
     return runs
 
 
-def compare_all(runs: dict[str, list[tuple[Path, float]]], baseline: str = "labelled_only",
+def compare_all(runs: dict[str, list[float]], baseline: str = "labelled_only",
                 alpha: float = 0.05) -> list[RunLevelComparison]:
     """Every method with at least one run against the baseline's runs."""
     if baseline not in runs:
         raise RepeatsError(f"no run of the baseline {baseline!r}; methods: {', '.join(sorted(runs))}")
-    base = [v for _, v in runs[baseline]]
-    return [compare_runs(m, [v for _, v in r], baseline, base, alpha) for m, r in runs.items() if m != baseline]
+    return [compare_runs(m, r, baseline, runs[baseline], alpha) for m, r in runs.items() if m != baseline]
 
 
-def markdown(comparisons: list[RunLevelComparison], runs: dict[str, list[tuple[Path, float]]],
+def markdown(comparisons: list[RunLevelComparison], runs: dict[str, list[float]],
              baseline: str) -> str:
     """A table: runs and their Dice per method, then each method against the baseline."""
     lines = ["| method | runs | Dice per run | mean | vs baseline mean | worst minus best baseline run | "
              "p (runs, permutation) |", "|---|---|---|---|---|---|---|"]
-    base = [v for _, v in runs[baseline]]
+    base = runs[baseline]
     lines.append(f"| {baseline} (baseline) | {len(base)} | {' / '.join(f'{v:.3f}' for v in base)} | "
                  f"{_mean(base):.3f} | - | - | - |")
     for c in comparisons:
