@@ -29,7 +29,9 @@ from nnunet_llmseg.demo_data import LABELS, make_case, write_nifti
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-HIPPOCAMPUS = REPO_ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+HIPPOCAMPUS = SHARED_DATA / "Task04_Hippocampus"
+ACDC = SHARED_DATA / "ACDC"
 
 TINY_ID = 901
 TINY_NAME = "Dataset901_LLMSegTiny"

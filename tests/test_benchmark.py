@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_semi_supervised import copy_dataset
 
-from conftest import REPO_ROOT, _bin, run_cli
+from conftest import ACDC, REPO_ROOT, _bin, run_cli
 from nnunet_llmseg.benchmark.methods import (
     METHOD_ALIASES,
     MethodError,
@@ -332,10 +332,10 @@ def test_methods_resolve_like_nnunet_including_user_trainers(tmp_path, monkeypat
 
 
 def test_acdc_ssl4mis_split_becomes_fold_0(tmp_path):
-    acdc = Path(__file__).resolve().parents[2] / "shared" / "data" / "ACDC"
+    acdc = ACDC
     if not (acdc / "splits_ssl4mis.json").is_file():
         pytest.skip(f"ACDC not available at {acdc}")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     import prepare_acdc
 
     split = prepare_acdc.read_ssl4mis_split(acdc)

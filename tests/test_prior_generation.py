@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REPO_ROOT
 from prior_generation import PriorsError, load_priors, priors_paths
 from prior_generation.cli import main as cli_main
 from prior_generation.dataset_info import classes_from_dataset_json
@@ -37,7 +38,6 @@ from prior_generation.names import load_label_map, normalize_name
 from prior_generation.prompts import KINDS, TextRequest
 from prior_generation.texts import TEXTS_NAME
 
-REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-SECRET-4f1d9c2b7a"
 KEY_ENV = "PG_TEST_API_KEY"
 TINY = "Dataset951_PGTiny"
@@ -388,7 +388,7 @@ def test_cli_weights_not_downloadable_is_one_line_error(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=REPO,
+        cwd=REPO_ROOT,
     )
     assert proc.returncode == 1
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
@@ -609,7 +609,7 @@ def test_cli_end_to_end_by_dataset_id(tmp_path):
         capture_output=True,
         text=True,
         timeout=180,
-        cwd=REPO,
+        cwd=REPO_ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {pre / TINY / 'text_priors.safetensors'}" in proc.stdout
