@@ -3,8 +3,9 @@
 Why this exists: the benchmark table's p-value is a paired Wilcoxon test over validation *cases* of one training
 run per method. It says how consistently that run beats that baseline run case by case, not whether training
 again would repeat the difference. nnU-Net sets no seed, so two trainings of the same command differ; on ACDC
-2d at the CPU schedule, labelled-only nnU-Net scored 0.749, 0.783, 0.613 and 0.753 in four trainings (more spread
-than any method's margin), and the per-case test between the first two came out "significant" (p = 5e-5).
+2d at the CPU schedule, labelled-only nnU-Net scored 0.749, 0.783, 0.613, 0.753, 0.730 and 0.476 in six trainings
+(more spread than any method's margin), and the per-case test between the first two came out "significant"
+(p = 5e-5).
 
 Given several ``results.json`` files of the same benchmark (same dataset, configuration, fold, plans, schedule,
 labelled cases and validation cases), each method's runs are its rows across the files, and:
@@ -17,7 +18,11 @@ labelled cases and validation cases), each method's runs are its rows across the
 * ``p_value``: exact two-sided permutation test of ``diff`` over every way to split the pooled runs into groups
   of the two sizes (runs, not cases, are the unit). With few runs it cannot be small: its floor is
   ``min_p`` (1 / C(n+m, n), doubled when n == m), e.g. 0.1 for 2 vs 3 runs and 0.029 for 4 vs 4. A comparison
-  whose floor is above 0.05 says so in ``note`` instead of pretending to evidence.
+  whose floor is above 0.05 says so in ``note`` instead of pretending to evidence. The statistic is the
+  difference of means (what a user gets from one training on average), so one failed run counts with its full
+  weight: it widens the spread of its group, and relabellings that move it to the other group count as extreme.
+  Every run of a method above every baseline run is therefore not enough for a small p when a baseline run
+  failed badly (ACDC: 3 LLM-SegNet runs 0.770-0.784 vs 5 labelled-only runs 0.476-0.753 gave p = 0.125).
 """
 
 from __future__ import annotations
