@@ -332,13 +332,12 @@ def test_methods_resolve_like_nnunet_including_user_trainers(tmp_path, monkeypat
 
 
 def test_acdc_ssl4mis_split_becomes_fold_0(tmp_path):
-    acdc = ACDC
-    if not (acdc / "splits_ssl4mis.json").is_file():
-        pytest.skip(f"ACDC not available at {acdc}")
+    if not (ACDC / "splits_ssl4mis.json").is_file():
+        pytest.skip(f"ACDC not available at {ACDC}")
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     import prepare_acdc
 
-    split = prepare_acdc.read_ssl4mis_split(acdc)
+    split = prepare_acdc.read_ssl4mis_split(ACDC)
     assert (len(split["train"]), len(split["val"])) == (140, 20)
     for n, key in prepare_acdc.LABELLED_SETS.items():  # both frames of n patients, all training volumes
         assert len(split[key]) == 2 * n and set(split[key]) <= set(split["train"])
