@@ -6,6 +6,10 @@ per-case Dice (mean over classes, by validation case) with any other row, using 
 (``paired_wilcoxon``: two-sided Wilcoxon signed-rank, same conventions as the tables).
 
     python benchmarks/pair_runs.py RESULTS.json [RESULTS.json ...] --pairs tak:labelled_only llmseg:llmseg_notext
+    python benchmarks/pair_runs.py RESULTS.json --score largest_component --pairs tak_nocontrast:tak
+
+``--score largest_component`` pairs the scores after the benchmark's largest-component rule (files made with
+``--largest-component``), as ``repeats.py --score`` does for runs.
 
 A method that appears in several files is named ``method@N`` (N = position of its file, from 1) after the first.
 """
@@ -16,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+from nnunet_llmseg.benchmark.repeats import SCORES
 from nnunet_llmseg.benchmark.stats import paired_wilcoxon
 
 
@@ -28,11 +33,21 @@ def load_rows(files: list[Path]) -> dict[str, dict]:
     return rows
 
 
-def compare(rows: dict[str, dict], a: str, b: str) -> str:
+def scored(row: dict, name: str, score: str) -> dict:
+    """The row's ``dice_mean``/``per_case_dice`` for ``score``: the row itself, or its largest-component entry."""
+    if score == "raw":
+        return row
+    if not row.get("largest_component"):
+        raise SystemExit(f"error: row {name!r} has no largest_component scores (its file was made without "
+                         "--largest-component); rerun the benchmark with it, or use --score raw")
+    return row["largest_component"]
+
+
+def compare(rows: dict[str, dict], a: str, b: str, score: str = "raw") -> str:
     for name in (a, b):
         if name not in rows:
             raise SystemExit(f"error: no row {name!r}; rows: {', '.join(sorted(rows))}")
-    ra, rb = rows[a], rows[b]
+    ra, rb = scored(rows[a], a, score), scored(rows[b], b, score)
     if sorted(ra["per_case_dice"]) != sorted(rb["per_case_dice"]):
         raise SystemExit(f"error: {a} and {b} were scored on different validation cases")
     p_value, note, _, _ = paired_wilcoxon(ra["per_case_dice"], rb["per_case_dice"])
@@ -45,13 +60,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--pairs", nargs="+", required=True, help="A:B pairs of row names")
+    parser.add_argument("--score", choices=SCORES, default="raw",
+                        help="raw Dice, or Dice after the largest-component rule")
     args = parser.parse_args(argv)
     rows = load_rows(args.files)
     print("| A | B | Dice A | Dice B | A - B | p (paired Wilcoxon) |")
     print("|---|---|---|---|---|---|")
     for pair in args.pairs:
         a, _, b = pair.partition(":")
-        print(compare(rows, a, b))
+        print(compare(rows, a, b, args.score))
 
 
 if __name__ == "__main__":

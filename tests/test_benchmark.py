@@ -12,6 +12,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_semi_supervised import copy_dataset
 
@@ -350,6 +351,44 @@ def test_acdc_ssl4mis_split_becomes_fold_0(tmp_path):
     (pre / "splits_final.json").write_text(json.dumps(folds))
     with pytest.raises(prepare_acdc.PrepareError, match="another fold 0"):
         prepare_acdc.write_splits(pre, split)
+
+
+def _pairing_file(path: Path, rows: dict[str, tuple[list[float], list[float] | None]]) -> Path:
+    """A results.json with the fields pair_runs.py reads: per-case Dice raw and after the largest-component rule."""
+    out = []
+    for method, (raw, lc) in rows.items():
+        row = {"method": method, "dice_mean": float(np.mean(raw)),
+               "per_case_dice": {f"case{i}": d for i, d in enumerate(raw)}}
+        if lc is not None:
+            row["largest_component"] = {"dice_mean": float(np.mean(lc)),
+                                        "per_case_dice": {f"case{i}": d for i, d in enumerate(lc)}}
+        out.append(row)
+    path.write_text(json.dumps({"rows": out}))
+    return path
+
+
+def test_pair_runs_pairs_raw_or_largest_component_scores(tmp_path, capsys):
+    """Raw and largest-component scores can rank two rows oppositely; --score picks which one is paired."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import pair_runs
+
+    base = [0.70, 0.72, 0.75, 0.68, 0.80, 0.77, 0.74, 0.71]
+    raw_b = [d + 0.01 * (1 + i % 3) for i, d in enumerate(base)]  # B above A raw in every case
+    lc_b = [d - 0.02 for d in base]  # B below A after the rule in every case
+    first = _pairing_file(tmp_path / "a.json", {"tak": (base, base)})
+    second = _pairing_file(tmp_path / "b.json", {"tak": (raw_b, lc_b), "old": (base, None)})
+
+    def table_row(*argv: str) -> list[str]:
+        pair_runs.main([str(first), str(second), *argv])
+        return [c.strip() for c in capsys.readouterr().out.strip().splitlines()[-1].strip("|").split("|")]
+
+    raw = table_row("--pairs", "tak:tak@2")
+    lc = table_row("--score", "largest_component", "--pairs", "tak:tak@2")
+    assert float(raw[4]) == pytest.approx(np.mean(base) - np.mean(raw_b), abs=1e-4) and float(raw[4]) < 0
+    assert float(lc[4]) == pytest.approx(0.02, abs=1e-4)
+    assert float(raw[5]) < 0.05 and float(lc[5]) < 0.05  # eight consistent differences: significant either way
+    with pytest.raises(SystemExit, match="'old' has no largest_component"):
+        pair_runs.main([str(first), str(second), "--score", "largest_component", "--pairs", "tak:old"])
 
 
 # ----------------------------------------------------------------------------------------------- real benchmark
