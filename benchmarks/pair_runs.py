@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nnunet_llmseg.benchmark.repeats import SCORES
+from nnunet_llmseg.benchmark.repeats import SCORES, score_entry
 from nnunet_llmseg.benchmark.stats import paired_wilcoxon
 
 
@@ -34,13 +34,12 @@ def load_rows(files: list[Path]) -> dict[str, dict]:
 
 
 def scored(row: dict, name: str, score: str) -> dict:
-    """The row's ``dice_mean``/``per_case_dice`` for ``score``: the row itself, or its largest-component entry."""
-    if score == "raw":
-        return row
-    if not row.get("largest_component"):
-        raise SystemExit(f"error: row {name!r} has no largest_component scores (its file was made without "
+    """The row's ``dice_mean``/``per_case_dice`` for ``score`` (``score_entry``), or a clear error without them."""
+    entry = score_entry(row, score)
+    if not entry:
+        raise SystemExit(f"error: row {name!r} has no {score} scores (its file was made without "
                          "--largest-component); rerun the benchmark with it, or use --score raw")
-    return row["largest_component"]
+    return entry
 
 
 def compare(rows: dict[str, dict], a: str, b: str, score: str = "raw") -> str:

@@ -96,10 +96,14 @@ def compare_runs(method: str, runs: list[float], baseline: str, baseline_runs: l
                               p_value=p, min_p=floor, note=note)
 
 
+def score_entry(row: dict, score: str) -> dict | None:
+    """The part of a results row that holds ``score``'s ``dice_mean``/``per_case_dice``: the row itself (raw) or
+    its ``largest_component`` entry (None when the file was made without ``--largest-component``)."""
+    return row if score == "raw" else row.get("largest_component")
+
+
 def _score(row: dict, score: str) -> float | None:
-    if score == "raw":
-        return row.get("dice_mean")
-    entry = row.get("largest_component")
+    entry = score_entry(row, score)
     return None if entry is None else entry.get("dice_mean")
 
 
