@@ -27,7 +27,16 @@ from nnunet_llmseg.benchmark.methods import (
     write_variant_module,
 )
 from nnunet_llmseg.benchmark.plans import PlansError, effective_configuration, make_override_plans
-from nnunet_llmseg.benchmark.repeats import RepeatsError, compare_all, compare_runs, load_runs, permutation_p
+from nnunet_llmseg.benchmark.repeats import (
+    RepeatsError,
+    compare_all,
+    compare_failures,
+    compare_runs,
+    fisher_exact_p,
+    load_runs,
+    load_worst_class,
+    permutation_p,
+)
 from nnunet_llmseg.benchmark.stats import compare, gap_closed, paired_wilcoxon
 from nnunet_llmseg.benchmark.training_logs import parse_logs
 
@@ -141,6 +150,42 @@ def test_repeats_pool_runs_across_files_and_refuse_what_is_not_a_repeat(tmp_path
     assert json.loads((tmp_path / "c.json").read_text())["comparisons"][0]["method"] == "tak"
     bad = subprocess.run([sys.executable, script, str(f1), str(other)], capture_output=True, text=True)
     assert bad.returncode != 0 and "field 'plans' differs" in bad.stderr
+
+
+def test_repeats_count_runs_that_failed_a_class(tmp_path):
+    # Fisher exact, checked by hand: 11 runs, 2 failures; P(0 in A) = C(6,2)/C(11,2) = 15/55, P(1) = 30/55,
+    # P(2) = 10/55; two-sided p of (0 of 5 vs 2 of 6) = (15 + 10) / 55
+    assert fisher_exact_p(0, 5, 2, 6) == pytest.approx(25 / 55)
+    assert fisher_exact_p(1, 4, 1, 4) == pytest.approx(1.0)
+    with pytest.raises(RepeatsError, match="bad counts"):
+        fisher_exact_p(3, 2, 0, 2)
+
+    def run(rv: float, myo: float) -> dict:
+        return {"RV": {"dice": {"mean": rv}}, "MYO": {"dice": {"mean": myo}}}
+
+    files = []
+    for i, (lo, tak) in enumerate([((0.70, 0.80), (0.72, 0.79)), ((0.00, 0.75), (0.74, 0.60)),
+                                   ((0.29, 0.77), (0.71, 0.78))]):
+        f = _results_file(tmp_path / f"r{i}" / "results.json", {"labelled_only": (sum(lo) / 2, None),
+                                                                  "tak": (sum(tak) / 2, None)})
+        data = json.loads(f.read_text())
+        data["rows"][0]["per_class"], data["rows"][1]["per_class"] = run(*lo), run(*tak)
+        f.write_text(json.dumps(data))
+        files.append(f)
+    worst = load_worst_class(files)
+    assert worst["labelled_only"] == [("RV", 0.70), ("RV", 0.00), ("RV", 0.29)]
+    assert worst["tak"] == [("RV", 0.72), ("MYO", 0.60), ("RV", 0.71)]
+    (tak,) = compare_failures(worst, 0.5)
+    assert (tak.failed, tak.runs, tak.baseline_failed, tak.baseline_runs) == (0, 3, 2, 3)
+    assert tak.p_value == pytest.approx(fisher_exact_p(0, 3, 2, 3)) and tak.p_value == pytest.approx(0.4)
+    assert compare_failures(worst, 0.65)[0].failed == 1  # the threshold decides, per run's worst class
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "repeats.py"), *map(str, files),
+                          "--failed-below", "0.5"], capture_output=True, text=True, check=True).stdout
+    assert "| labelled_only (baseline) | RV 0.70 / RV 0.00 / RV 0.29 | 2 of 3 | - |" in out
+    assert "| tak | RV 0.72 / MYO 0.60 / RV 0.71 | 0 of 3 | 0.4 |" in out
+    bare = _results_file(tmp_path / "bare" / "results.json", {"labelled_only": (0.7, None)})
+    with pytest.raises(RepeatsError, match="no per-class Dice"):
+        load_worst_class([bare])
 
 
 # ----------------------------------------------------------------------------------------------- logs

@@ -102,28 +102,14 @@ def score_entry(row: dict, score: str) -> dict | None:
     return row if score == "raw" else row.get("largest_component")
 
 
-def _score(row: dict, score: str) -> float | None:
-    entry = score_entry(row, score)
-    return None if entry is None else entry.get("dice_mean")
-
-
-def load_runs(files: list[Path], score: str = "raw",
-              notes: list[str] | None = None) -> dict[str, list[float]]:
-    """Method -> run Dice over the files, in file order; refuses files of different benchmarks.
-
-    Rows without the requested score (e.g. no ``largest_component`` entry: the file was made without
-    ``--largest-component``) are left out of that method's runs, not counted as zero. A row that is the same
-    training run as one in an earlier file (same method, identical per-case Dice: the benchmark reuses runs that
-    ignore the labelled subset, e.g. ``all_labels`` in ``$nnUNet_results``, across ``--results`` folders) counts
-    once; a line saying so is appended to ``notes``.
-    """
+def _repeat_rows(files: list[Path], score: str, notes: list[str] | None):
+    """(method, score entry) of every distinct training run in the files; refuses files of different benchmarks."""
     if score not in SCORES:
         raise RepeatsError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
     if not files:
         raise RepeatsError("give at least one results.json")
     reference: dict | None = None
     seen: dict[tuple, Path] = {}
-    runs: dict[str, list[float]] = {}
     for path in files:
         try:
             data = json.loads(Path(path).read_text())
@@ -140,8 +126,8 @@ def load_runs(files: list[Path], score: str = "raw",
                     raise RepeatsError(f"{path} and {reference['path']} are not repeats of one benchmark: field "
                                        f"{key!r} differs ({str(header[key])[:80]} vs {str(reference[key])[:80]})")
         for row in data["rows"]:
-            value = _score(row, score)
-            if value is None:
+            entry = score_entry(row, score)
+            if entry is None or entry.get("dice_mean") is None:
                 continue
             fingerprint = (row["method"], tuple(sorted((row.get("per_case_dice") or {}).items())))
             if fingerprint in seen:
@@ -150,8 +136,90 @@ def load_runs(files: list[Path], score: str = "raw",
                                  f"{seen[fingerprint]} (identical per-case Dice); counted once")
                 continue
             seen[fingerprint] = path
-            runs.setdefault(row["method"], []).append(float(value))
+            yield row["method"], entry
+
+
+def load_runs(files: list[Path], score: str = "raw",
+              notes: list[str] | None = None) -> dict[str, list[float]]:
+    """Method -> run Dice over the files, in file order; refuses files of different benchmarks.
+
+    Rows without the requested score (e.g. no ``largest_component`` entry: the file was made without
+    ``--largest-component``) are left out of that method's runs, not counted as zero. A row that is the same
+    training run as one in an earlier file (same method, identical per-case Dice: the benchmark reuses runs that
+    ignore the labelled subset, e.g. ``all_labels`` in ``$nnUNet_results``, across ``--results`` folders) counts
+    once; a line saying so is appended to ``notes``.
+    """
+    runs: dict[str, list[float]] = {}
+    for method, entry in _repeat_rows(files, score, notes):
+        runs.setdefault(method, []).append(float(entry["dice_mean"]))
     return runs
+
+
+def load_worst_class(files: list[Path], score: str = "raw") -> dict[str, list[tuple[str, float]]]:
+    """Method -> (class, mean Dice) of each run's worst class, the same runs and order as :func:`load_runs`.
+
+    Why: a mean over classes hides a run that never learned one class (ACDC labelled-only: RV Dice 0.000 in a
+    run whose mean was 0.476); the worst class is what tells a failed training from a weaker one."""
+    worst: dict[str, list[tuple[str, float]]] = {}
+    for method, entry in _repeat_rows(files, score, None):
+        per_class = entry.get("per_class") or {}
+        dice = {name: c["dice"]["mean"] for name, c in per_class.items()
+                if isinstance(c, dict) and (c.get("dice") or {}).get("mean") is not None}
+        if not dice:
+            raise RepeatsError(f"the {method} row has no per-class Dice for score {score!r}")
+        name = min(dice, key=dice.get)
+        worst.setdefault(method, []).append((name, float(dice[name])))
+    return worst
+
+
+def fisher_exact_p(failed_a: int, runs_a: int, failed_b: int, runs_b: int) -> float:
+    """Two-sided Fisher exact test of two failure counts (runs as the unit): the probability, with the total
+    number of failures fixed, of a split among the two groups at most as likely as the observed one."""
+    if not (0 <= failed_a <= runs_a and 0 <= failed_b <= runs_b) or runs_a == 0 or runs_b == 0:
+        raise RepeatsError(f"bad counts {failed_a}/{runs_a}, {failed_b}/{runs_b}")
+    failed, total = failed_a + failed_b, runs_a + runs_b
+
+    def prob(k: int) -> float:
+        return comb(runs_a, k) * comb(runs_b, failed - k) / comb(total, failed)
+
+    observed = prob(failed_a)
+    ks = range(max(0, failed - runs_b), min(failed, runs_a) + 1)
+    return min(1.0, sum(prob(k) for k in ks if prob(k) <= observed * (1 + 1e-9)))
+
+
+@dataclass
+class FailureComparison:
+    """How often a method's runs failed (worst class below ``threshold``) against the baseline's runs."""
+
+    method: str
+    baseline: str
+    threshold: float
+    failed: int
+    runs: int
+    baseline_failed: int
+    baseline_runs: int
+    p_value: float
+    worst_class: list[tuple[str, float]]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def compare_failures(worst: dict[str, list[tuple[str, float]]], threshold: float,
+                     baseline: str = "labelled_only") -> list[FailureComparison]:
+    """Every method's failed runs (a class whose mean Dice is below ``threshold``) against the baseline's."""
+    if baseline not in worst:
+        raise RepeatsError(f"no run of the baseline {baseline!r}; methods: {', '.join(sorted(worst))}")
+    base_failed = sum(d < threshold for _, d in worst[baseline])
+    out = []
+    for method, runs in worst.items():
+        if method == baseline:
+            continue
+        failed = sum(d < threshold for _, d in runs)
+        out.append(FailureComparison(method, baseline, threshold, failed, len(runs), base_failed,
+                                     len(worst[baseline]),
+                                     fisher_exact_p(failed, len(runs), base_failed, len(worst[baseline])), runs))
+    return out
 
 
 def compare_all(runs: dict[str, list[float]], baseline: str = "labelled_only",
@@ -174,4 +242,20 @@ def markdown(comparisons: list[RunLevelComparison], runs: dict[str, list[float]]
         p_text = f"{c.p_value:.2g}" + (f" (floor {c.min_p:.2g})" if c.note else "")
         lines.append(f"| {c.method} | {len(c.run_dice)} | {' / '.join(f'{v:.3f}' for v in c.run_dice)} | "
                      f"{_mean(c.run_dice):.3f} | {c.diff:+.3f} | {c.margin:+.3f} | {p_text} |")
+    return "\n".join(lines)
+
+
+def failure_markdown(failures: list[FailureComparison], worst: dict[str, list[tuple[str, float]]],
+                     baseline: str, threshold: float) -> str:
+    """A table: per method, each run's worst class, and the failed runs against the baseline's."""
+    def cells(runs: list[tuple[str, float]]) -> str:
+        return " / ".join(f"{name} {dice:.2f}" for name, dice in runs)
+
+    base = worst[baseline]
+    base_failed = sum(d < threshold for _, d in base)
+    lines = [f"| method | worst class per run | runs failed (a class below Dice {threshold:g}) | "
+             "p (Fisher exact, runs) |", "|---|---|---|---|",
+             f"| {baseline} (baseline) | {cells(base)} | {base_failed} of {len(base)} | - |"]
+    for f in failures:
+        lines.append(f"| {f.method} | {cells(f.worst_class)} | {f.failed} of {f.runs} | {f.p_value:.2g} |")
     return "\n".join(lines)
