@@ -28,6 +28,7 @@ labelled cases and validation cases), each method's runs are its rows across the
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from itertools import combinations
 from math import comb
@@ -102,7 +103,7 @@ def score_entry(row: dict, score: str) -> dict | None:
     return row if score == "raw" else row.get("largest_component")
 
 
-def _repeat_rows(files: list[Path], score: str, notes: list[str] | None):
+def _repeat_rows(files: list[Path], score: str, notes: list[str] | None) -> Iterator[tuple[str, dict]]:
     """(method, score entry) of every distinct training run in the files; refuses files of different benchmarks."""
     if score not in SCORES:
         raise RepeatsError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
@@ -183,8 +184,8 @@ def fisher_exact_p(failed_a: int, runs_a: int, failed_b: int, runs_b: int) -> fl
         return comb(runs_a, k) * comb(runs_b, failed - k) / comb(total, failed)
 
     observed = prob(failed_a)
-    ks = range(max(0, failed - runs_b), min(failed, runs_a) + 1)
-    return min(1.0, sum(prob(k) for k in ks if prob(k) <= observed * (1 + 1e-9)))
+    probs = [prob(k) for k in range(max(0, failed - runs_b), min(failed, runs_a) + 1)]
+    return min(1.0, sum(q for q in probs if q <= observed * (1 + 1e-9)))
 
 
 @dataclass
