@@ -206,17 +206,22 @@ class FailureComparison:
         return asdict(self)
 
 
+def _failed_runs(worst_class: list[tuple[str, float]], threshold: float) -> int:
+    """How many runs have a worst class below ``threshold``: the one definition of a failed run."""
+    return sum(dice < threshold for _, dice in worst_class)
+
+
 def compare_failures(worst: dict[str, list[tuple[str, float]]], threshold: float,
                      baseline: str = "labelled_only") -> list[FailureComparison]:
     """Every method's failed runs (a class whose mean Dice is below ``threshold``) against the baseline's."""
     if baseline not in worst:
         raise RepeatsError(f"no run of the baseline {baseline!r}; methods: {', '.join(sorted(worst))}")
-    base_failed = sum(d < threshold for _, d in worst[baseline])
+    base_failed = _failed_runs(worst[baseline], threshold)
     out = []
     for method, runs in worst.items():
         if method == baseline:
             continue
-        failed = sum(d < threshold for _, d in runs)
+        failed = _failed_runs(runs, threshold)
         out.append(FailureComparison(method, baseline, threshold, failed, len(runs), base_failed,
                                      len(worst[baseline]),
                                      fisher_exact_p(failed, len(runs), base_failed, len(worst[baseline])), runs))
@@ -253,7 +258,7 @@ def failure_markdown(failures: list[FailureComparison], worst: dict[str, list[tu
         return " / ".join(f"{name} {dice:.2f}" for name, dice in runs)
 
     base = worst[baseline]
-    base_failed = sum(d < threshold for _, d in base)
+    base_failed = _failed_runs(base, threshold)
     lines = [f"| method | worst class per run | runs failed (a class below Dice {threshold:g}) | "
              "p (Fisher exact, runs) |", "|---|---|---|---|",
              f"| {baseline} (baseline) | {cells(base)} | {base_failed} of {len(base)} | - |"]
