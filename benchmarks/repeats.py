@@ -8,6 +8,7 @@ cover run-to-run variation.
 
     python benchmarks/repeats.py RUN1/results.json RUN2/results.json [...] [--score largest_component]
     python benchmarks/repeats.py RUN*/results.json --failed-below 0.5    # also: how often each method's runs failed
+    python benchmarks/repeats.py OLD/results.json::labelled_only NEW*/results.json    # only some rows of a file
 
 ``--failed-below T`` adds a second table: each run's worst class, the runs in which a class's mean Dice is below T
 (a training that did not learn a class), and a two-sided Fisher exact test of those counts against the baseline's.
@@ -33,7 +34,8 @@ from nnunet_llmseg.benchmark.repeats import (
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", type=Path, help="results.json of each repeat")
+    parser.add_argument("files", nargs="+", help="results.json of each repeat; FILE::METHOD[,METHOD...] takes only "
+                        "those methods' rows from FILE (e.g. leave out runs of an earlier version)")
     parser.add_argument("--baseline", default="labelled_only", help="method every other is compared with")
     parser.add_argument("--score", choices=SCORES, default="raw",
                         help="raw: nnU-Net's validation predictions; largest_component: after --largest-component")

@@ -138,6 +138,12 @@ def test_repeats_pool_runs_across_files_and_refuse_what_is_not_a_repeat(tmp_path
     assert load_runs([f1, f2], "largest_component")["labelled_only"] == [0.80]
     notes: list[str] = []  # a run shared by two repeats (all_labels lives in $nnUNet_results) counts once
     assert len(load_runs([f1, f1], notes=notes)["tak"]) == 1 and "same training run" in notes[0]
+    # FILE::METHODS takes only those rows (a file can hold runs of an earlier engine beside a still valid one)
+    assert load_runs([f"{f1}::labelled_only", f2]) == {"labelled_only": [0.75, 0.61], "tak": [0.78]}
+    with pytest.raises(RepeatsError, match="has no row for all_labels"):
+        load_runs([f"{f1}::all_labels,tak"])
+    with pytest.raises(RepeatsError, match="write FILE::METHOD"):
+        load_runs([f"{f1}::"])
     other = _results_file(tmp_path / "r3" / "results.json", {"labelled_only": (0.7, None)}, plans="Q")
     with pytest.raises(RepeatsError, match="field 'plans' differs"):
         load_runs([f1, other])
@@ -148,6 +154,9 @@ def test_repeats_pool_runs_across_files_and_refuse_what_is_not_a_repeat(tmp_path
                          capture_output=True, text=True, check=True).stdout
     assert "| tak | 2 | 0.770 / 0.780 | 0.775 | +0.095 | +0.020 | 0.33 (floor 0.33) |" in out
     assert json.loads((tmp_path / "c.json").read_text())["comparisons"][0]["method"] == "tak"
+    out = subprocess.run([sys.executable, script, f"{f1}::labelled_only", str(f2)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "| tak | 1 | 0.780 | 0.780 | +0.100 | +0.030 |" in out
     bad = subprocess.run([sys.executable, script, str(f1), str(other)], capture_output=True, text=True)
     assert bad.returncode != 0 and "field 'plans' differs" in bad.stderr
 

@@ -103,15 +103,33 @@ def score_entry(row: dict, score: str) -> dict | None:
     return row if score == "raw" else row.get("largest_component")
 
 
-def _repeat_rows(files: list[Path], score: str, notes: list[str] | None) -> Iterator[tuple[str, dict]]:
-    """(method, score entry) of every distinct training run in the files; refuses files of different benchmarks."""
+def split_source(source: str | Path) -> tuple[Path, frozenset[str] | None]:
+    """``FILE`` or ``FILE::METHOD[,METHOD...]``: a results.json and the methods to take from it (None: all).
+
+    Why: one file can hold rows that no longer belong in a comparison next to rows that still do. Hippocampus'
+    first table holds LLM-SegNet and TAK trained on an earlier co-training engine beside a labelled-only run that
+    no engine change touches; ``results.json::labelled_only`` counts that run without the stale ones."""
+    text = str(source)
+    if "::" not in text:
+        return Path(text), None
+    path, _, names = text.rpartition("::")
+    methods = frozenset(n.strip() for n in names.split(",") if n.strip())
+    if not path or not methods:
+        raise RepeatsError(f"{text!r}: write FILE::METHOD[,METHOD...] (a results.json and the methods to take)")
+    return Path(path), methods
+
+
+def _repeat_rows(files: list[str | Path], score: str, notes: list[str] | None) -> Iterator[tuple[str, dict]]:
+    """(method, score entry) of every distinct training run in the files (each ``FILE`` or ``FILE::METHODS``,
+    :func:`split_source`); refuses files of different benchmarks."""
     if score not in SCORES:
         raise RepeatsError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
     if not files:
         raise RepeatsError("give at least one results.json")
     reference: dict | None = None
     seen: dict[tuple, Path] = {}
-    for path in files:
+    for source in files:
+        path, only = split_source(source)
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -126,7 +144,11 @@ def _repeat_rows(files: list[Path], score: str, notes: list[str] | None) -> Iter
                 if header[key] != reference[key]:
                     raise RepeatsError(f"{path} and {reference['path']} are not repeats of one benchmark: field "
                                        f"{key!r} differs ({str(header[key])[:80]} vs {str(reference[key])[:80]})")
+        if only is not None and (missing := only - {row.get("method") for row in data["rows"]}):
+            raise RepeatsError(f"{path} has no row for {', '.join(sorted(missing))} (asked for by {source})")
         for row in data["rows"]:
+            if only is not None and row.get("method") not in only:
+                continue
             entry = score_entry(row, score)
             if entry is None or entry.get("dice_mean") is None:
                 continue
@@ -140,7 +162,7 @@ def _repeat_rows(files: list[Path], score: str, notes: list[str] | None) -> Iter
             yield row["method"], entry
 
 
-def load_runs(files: list[Path], score: str = "raw",
+def load_runs(files: list[str | Path], score: str = "raw",
               notes: list[str] | None = None) -> dict[str, list[float]]:
     """Method -> run Dice over the files, in file order; refuses files of different benchmarks.
 
@@ -156,7 +178,7 @@ def load_runs(files: list[Path], score: str = "raw",
     return runs
 
 
-def load_worst_class(files: list[Path], score: str = "raw") -> dict[str, list[tuple[str, float]]]:
+def load_worst_class(files: list[str | Path], score: str = "raw") -> dict[str, list[tuple[str, float]]]:
     """Method -> (class, mean Dice) of each run's worst class, the same runs and order as :func:`load_runs`.
 
     Why: a mean over classes hides a run that never learned one class (ACDC labelled-only: RV Dice 0.000 in a
