@@ -104,11 +104,21 @@ def test_ddp_shards_unlabelled_syncs_class_balance_and_gathers_logs(tiny_dataset
     _name, _raw, pre = copy_dataset(tiny_dataset, 975, "LLMSegDDP")
     write_test_priors(pre, json.loads((pre / "dataset.json").read_text()))
     create_labelled_subset(975, 0, count=2, seed=1)  # 2 training cases become unlabelled: 5 unlabelled in all
-    env = tiny_dataset.env.environ(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), nnUNet_n_proc_DA="0")
-    env = {k: v for k, v in env.items() if k.startswith(("nnUNet", "MASTER_", "OMP_"))}
     result = tmp_path / "rank"
-    mp.spawn(_rank_main, args=(env, str(pre), "nnUNetTrainerTAK_2epochs_3it", str(result)), nprocs=WORLD,
-             join=True)
+    for attempt in range(2):
+        env = tiny_dataset.env.environ(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+                                       nnUNet_n_proc_DA="0")
+        env = {k: v for k, v in env.items() if k.startswith(("nnUNet", "MASTER_", "OMP_"))}
+        try:
+            mp.spawn(_rank_main, args=(env, str(pre), "nnUNetTrainerTAK_2epochs_3it", str(result)), nprocs=WORLD,
+                     join=True)
+            break
+        except mp.ProcessExitedException as exc:
+            # A rank killed by a signal (not a Python exception, which fails at once): CI saw gloo's CPU backend
+            # abort once at start-up ("terminate called without an active exception", SIGABRT) in a run that
+            # passes locally every time. One fresh start on a new port; a second abort fails the test.
+            if attempt or exc.signal_name is None:
+                raise
     reports = [json.loads((tmp_path / f"rank.{r}").read_text()) for r in range(WORLD)]
 
     shards = [set(r["shard"]) for r in reports]
