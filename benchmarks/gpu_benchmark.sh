@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The Hippocampus 2d benchmark (10 labelled cases, seed 0) on a borrowed GPU machine, in one time-boxed call.
+# A benchmark dataset (Hippocampus 2d, 10 labelled cases, seed 0; or ACDC 2d, 7 labelled patients) on a borrowed
+# GPU machine, in time-boxed calls.
 #
 # The machine this was written for (the workplace's H200 lease) has python3 with torch but none of nnU-Net's
-# stack and no network, and lends about 15 minutes in all. So this script:
-#   1. unpacks what travels in .gpu/ (built on the CPU machine, see below): the Python packages nnU-Net needs
-#      (site312.tar.xz), the converted raw dataset (hraw.tar.xz, .nii uncompressed for xz) and the planning
-#      metadata and text priors of the CPU workspace (pre/), so plans, split, subset and priors are identical
-#      to the CPU tables';
+# stack and no network, and lends about 15 minutes in all, at most 64 MiB per call. So this script:
+#   1. unpacks what travels in .gpu/ (built here by benchmarks/gpu_benchmark_pack.sh): the Python packages nnU-Net
+#      needs (site312.tar.xz), the raw dataset, and the planning metadata, split, labelled subset and text priors
+#      of the CPU workspace (pre/), so that these are identical to the CPU tables';
 #   2. preprocesses 2d with the carried plans (nnUNetv2_preprocess);
 #   3. calibrates: the benchmark itself, every method, 2 epochs x CAL_ITERS iterations, all runs in parallel
 #      (also a smoke test of the CUDA path: training, AMP, final validation, scoring);
@@ -15,15 +15,23 @@
 #      from CAL_ITERS to ITERS iterations; the start-up, validation and scoring time measured as the rest).
 # torch.compile is off for all methods (nnUNet_compile=f): compiling two co-trained networks would eat the
 # lease. Results come back as $OUT/gpu_bench.tar.gz (results.json/md, training logs) and $OUT/log.txt.
+# EPOCHS=N skips the calibration (a second call on a warm machine, whose /tmp is kept, needs none).
 #
-# EPOCHS=N skips the calibration (a second call on a warm machine, whose /tmp/ws is kept, needs none).
+# ACDC's images do not fit one call with the packages: the pack script writes them as lossless shards,
+# .gpu/acdc_img.1.xz and .gpu_b/acdc_img.2.xz (benchmarks/gpu_image_pack.py). The first call stages (STAGE_ONLY=1,
+# carry .gpu: packages, first shard, labels, metadata unpacked into /tmp); the second, issued while the machine
+# is still warm (30 s), carries .gpu_b and runs.
 #
-#   bash benchmarks/gpu_hippocampus_pack.sh WS      # here, once: builds .gpu/ from a prepared CPU workspace
-#   device run (carry .gpu): BUDGET=530 bash benchmarks/gpu_hippocampus.sh
+#   bash benchmarks/gpu_benchmark_pack.sh hippocampus WS     # here, once: builds .gpu/ from a prepared workspace
+#   device (carry .gpu):   DATASET=hippocampus BUDGET=530 bash benchmarks/gpu_benchmark.sh
+#   ACDC: bash benchmarks/gpu_benchmark_pack.sh acdc WS
+#   device (carry .gpu):   DATASET=acdc STAGE_ONLY=1 bash benchmarks/gpu_benchmark.sh
+#   at once (carry .gpu_b): DATASET=acdc BUDGET=520 bash benchmarks/gpu_benchmark.sh
 #
-# Measured with it: benchmarks/results/hippocampus_2d_10labelled_gpu_present/. A local rehearsal on the CPU
-# (no tarball, this environment's packages): DEVICE=cpu SITE=DIR W=/tmp/ws_local CAL_ITERS=3 ITERS=3 MAX_EPOCHS=1
-# MIN_EPOCHS=1, DIR holding only a link to nnunetv2's .dist-info (for its console scripts).
+# Measured with it: benchmarks/results/hippocampus_2d_10labelled_gpu_present/ (as gpu_hippocampus.sh, e9a4a6c).
+# A local rehearsal on the CPU (no tarball, this environment's packages): DEVICE=cpu SITE=DIR W=/tmp/ws_local
+# CAL_ITERS=3 ITERS=3 MAX_EPOCHS=1 MIN_EPOCHS=1, DIR holding only a link to nnunetv2's .dist-info (for its
+# console scripts).
 set -u
 START=$(date +%s)
 BUDGET=${BUDGET:-470}          # seconds this script may take in all
@@ -38,7 +46,16 @@ REPO=$PWD
 W=${W:-/tmp/ws}
 DEVICE=${DEVICE:-cuda}
 SITE=${SITE:-/tmp/site312}   # a local test passes its own site-packages
-mkdir -p "$OUT" /tmp/bin "$W/nnUNet_raw" "$W/nnUNet_preprocessed/Dataset004_Hippocampus" "$W/nnUNet_results"
+DATASET=${DATASET:-hippocampus}
+case $DATASET in
+  hippocampus) DS=4; NAME=Dataset004_Hippocampus
+               OPTS="--batch-size 16 --labelled 10 --seed 0 --overwrite-subset" ;;
+  acdc)        DS=27; NAME=Dataset027_ACDC   # the subset (7 SSL4MIS patients) travels in pre/
+               OPTS="--batch-size 8 --patch-size 128 128 --width-divisor 4 --largest-component" ;;
+  *) echo "DATASET must be hippocampus or acdc"; exit 2 ;;
+esac
+RAW=$W/nnUNet_raw/$NAME
+mkdir -p "$OUT" /tmp/bin "$RAW" "$W/nnUNet_preprocessed/$NAME" "$W/nnUNet_results"
 LOG="$OUT/log.txt"
 exec > >(tee -a "$LOG") 2>&1
 elapsed() { echo $(( $(date +%s) - START )); }
@@ -48,7 +65,7 @@ pack() {
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-if [ "$SITE" = /tmp/site312 ]; then tar xJf .gpu/site312.tar.xz -C /tmp || exit 3; fi
+if [ "$SITE" = /tmp/site312 ] && [ ! -d /tmp/site312/nnunetv2 ]; then tar xJf .gpu/site312.tar.xz -C /tmp || exit 3; fi
 export PYTHONPATH=$SITE:$REPO
 export nnUNet_extTrainer=$REPO/nnunet_llmseg/nnunet_ext
 export PATH=/tmp/bin:$PATH nnUNet_compile=f PYTHONUNBUFFERED=1
@@ -66,13 +83,28 @@ for name, target in scripts.items():
 import os; [os.chmod(f"/tmp/bin/{n}", 0o755) for n in scripts]
 EOF
 python3 -c "import torch, nnunetv2, SimpleITK, blosc2; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 5
-tar xJf .gpu/hraw.tar.xz -C "$W/nnUNet_raw" || exit 6
-find "$W/nnUNet_raw" -name '*.nii' -print0 | xargs -0 -P 16 -n 20 gzip -1
-cp .gpu/pre/* "$W/nnUNet_preprocessed/Dataset004_Hippocampus/"
-nnUNetv2_preprocess -d 4 -c 2d -np 16 >/tmp/preprocess.log 2>&1 || { tail -20 /tmp/preprocess.log; exit 7; }
+if [ "$DATASET" = hippocampus ]; then
+  tar xJf .gpu/hraw.tar.xz -C "$W/nnUNet_raw" || exit 6
+  find "$RAW" -name '*.nii' -print0 | xargs -0 -P 16 -n 20 gzip -1 -f
+else   # whichever shards this call carries; labels, dataset.json and metadata come with the first
+  SHARDS=$(ls .gpu/acdc_img.*.xz .gpu_b/acdc_img.*.xz 2>/dev/null)
+  [ -n "$SHARDS" ] && { python3 benchmarks/gpu_image_pack.py unpack "$RAW/imagesTr" $SHARDS || exit 6; }
+  [ -f .gpu/acdc_labels.tar.xz ] && { tar xJf .gpu/acdc_labels.tar.xz -C "$RAW" || exit 6; }
+fi
+[ -d .gpu/pre ] && cp .gpu/pre/* "$W/nnUNet_preprocessed/$NAME/"
+if [ -n "${STAGE_ONLY:-}" ]; then echo "staged at $(elapsed) s: $(ls "$RAW/imagesTr" | wc -l) images"; exit 0; fi
+python3 - "$RAW" <<'EOF' || exit 6
+import json, sys
+from pathlib import Path
+raw = Path(sys.argv[1]); dj = json.loads((raw / "dataset.json").read_text())
+n = len(list((raw / "imagesTr").glob("*" + dj["file_ending"])))
+if n != dj["numTraining"]:
+    sys.exit(f"{raw}/imagesTr holds {n} images, dataset.json says {dj['numTraining']}: a shard did not arrive")
+EOF
+nnUNetv2_preprocess -d $DS -c 2d -np 16 >/tmp/preprocess.log 2>&1 || { tail -20 /tmp/preprocess.log; exit 7; }
 echo "setup done at $(elapsed) s"
 
-COMMON="-d 4 -c 2d -f 0 --batch-size 16 --labelled 10 --seed 0 --overwrite-subset -device $DEVICE --parallel 4 -np 8"
+COMMON="-d $DS -c 2d -f 0 $OPTS -device $DEVICE --parallel 4 -np 8"
 rm -rf /tmp/gpu_bench; mkdir -p /tmp/gpu_bench
 if [ -n "${EPOCHS:-}" ]; then
   echo "EPOCHS=$EPOCHS given: no calibration"
