@@ -59,7 +59,8 @@ mkdir -p "$OUT" /tmp/bin "$RAW" "$W/nnUNet_preprocessed/$NAME" "$W/nnUNet_result
 LOG="$OUT/log.txt"
 exec > >(tee -a "$LOG") 2>&1
 elapsed() { echo $(( $(date +%s) - START )); }
-pack() {
+pack() {   # the training logs of every run in the workspace, then one archive
+  find "$W" -name 'training_log_*.txt' -exec cp --parents {} /tmp/gpu_bench/ \;
   tar czf "$OUT/gpu_bench.tar.gz" -C /tmp gpu_bench 2>/dev/null
   echo "packed at $(elapsed) s"
 }
@@ -117,7 +118,7 @@ else
   tail -25 /tmp/gpu_bench/calibration.log
   echo "calibration rc=$RC wall ${CAL_WALL}s at $(elapsed) s"
   if [ $RC -ne 0 ]; then
-    find "$W" -name 'training_log_*.txt' -exec cp --parents {} /tmp/gpu_bench/ \; ; pack; exit 8
+    pack; exit 8
   fi
   # slowest method's second-epoch time, scaled from CAL_ITERS to ITERS training iterations
   EPOCHS=$(python3 - "$W" "$CAL_WALL" "$BUDGET" "$(elapsed)" "$ITERS" "$CAL_ITERS" "$MAX_EPOCHS" <<'EOF'
@@ -144,5 +145,4 @@ timeout "$LEFT" nnunet-llmseg benchmark $COMMON --epochs "$EPOCHS" --iters "$ITE
   --out /tmp/gpu_bench/main --methods $METHODS > /tmp/gpu_bench/main.log 2>&1
 echo "main rc=$? at $(elapsed) s"
 tail -30 /tmp/gpu_bench/main.log
-find "$W/results_main" "$W/nnUNet_results" -name 'training_log_*.txt' -exec cp --parents {} /tmp/gpu_bench/ \;
 pack

@@ -27,18 +27,17 @@ PKGS=(nnunetv2==2.8.1 batchgenerators==0.25.5 batchgeneratorsv2==0.3.6 blosc2==4
       dynamic-network-architectures==0.4.4 nibabel==5.4.2 yacs==0.1.8 graphviz==0.21 connected-components-3d==4.1.1
       ndindex pydantic pydantic-core annotated-types typing-inspection future unittest2 importlib-resources
       linecache2 traceback2 SimpleITK==2.5.7)
-mkdir -p "$TMP/whl" "$TMP/site312"
 if [ ! -f "$G/site312.tar.xz" ]; then   # the packages do not depend on the dataset: built once
-mkdir -p "$G"
-for p in "${PKGS[@]}"; do python3 -m pip download -q --no-deps "${PLAT[@]}" -d "$TMP/whl" "$p"; done
-python3 -m pip install -q --no-deps --no-index --no-compile --target "$TMP/site312" "${PLAT[@]}" "$TMP"/whl/*.whl
-SITE=$(python3 -c "import acvl_utils, os; print(os.path.dirname(os.path.dirname(acvl_utils.__file__)))")
-cp -r "$SITE/acvl_utils" "$SITE/medpy" "$TMP/site312/"
-# argparse 1.4 (a dependency of unittest2) would shadow the standard library on PYTHONPATH; bin/ points here
-rm -rf "$TMP/site312/argparse.py" "$TMP"/site312/argparse-*.dist-info "$TMP/site312/bin"
-find "$TMP/site312" -name __pycache__ -prune -exec rm -rf {} +
-find "$TMP/site312/nibabel" -type d -name tests -prune -exec rm -rf {} +
-tar cf - -C "$TMP" site312 | xz -9 -T0 > "$G/site312.tar.xz"
+  mkdir -p "$G" "$TMP/whl" "$TMP/site312"
+  for p in "${PKGS[@]}"; do python3 -m pip download -q --no-deps "${PLAT[@]}" -d "$TMP/whl" "$p"; done
+  python3 -m pip install -q --no-deps --no-index --no-compile --target "$TMP/site312" "${PLAT[@]}" "$TMP"/whl/*.whl
+  SITE=$(python3 -c "import acvl_utils, os; print(os.path.dirname(os.path.dirname(acvl_utils.__file__)))")
+  cp -r "$SITE/acvl_utils" "$SITE/medpy" "$TMP/site312/"
+  # argparse 1.4 (a dependency of unittest2) would shadow the standard library on PYTHONPATH; bin/ points here
+  rm -rf "$TMP/site312/argparse.py" "$TMP"/site312/argparse-*.dist-info "$TMP/site312/bin"
+  find "$TMP/site312" -name __pycache__ -prune -exec rm -rf {} +
+  find "$TMP/site312/nibabel" -type d -name tests -prune -exec rm -rf {} +
+  tar cf - -C "$TMP" site312 | xz -9 -T0 > "$G/site312.tar.xz"
 fi
 
 rm -rf "$G/pre" "$G"/hraw.tar.xz "$G"/acdc_* "$REPO/.gpu_b"
