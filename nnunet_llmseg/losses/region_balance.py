@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from nnunet_llmseg.losses.class_balance import (
     ClassBalancedCEDice,
     DistributionDifficultyWeights,
+    GALossStyleHardVoxelLoss,
     NoClassBalance,
-    _StatelessBalance,
     hard_voxel_group_mean,
     resolve_balance_name,
     split_dhc_options,
@@ -127,20 +127,12 @@ class RegionNoClassBalance(NoClassBalance):
         return _mean_bce(logits, labels, None)
 
 
-class GALossStyleRegionLoss(_StatelessBalance):
+class GALossStyleRegionLoss(GALossStyleHardVoxelLoss):
     """GALoss-style hard-voxel BCE for regions: the groups are (region, outcome) pairs - the voxels inside region
     ``r`` and those outside it - and every present group contributes the mean of its ``ceil(topk_ratio * n)``
-    highest BCEs (``gamma`` as in :class:`GALossStyleHardVoxelLoss`). ``absent_class_weight``: GADice's term for
-    regions with no voxel in the batch, ``1/R sum_{r absent} mean_v p_rv^2``."""
-
-    def __init__(self, num_classes: int, topk_ratio: float = 0.3, gamma: float = 0.0,
-                 absent_class_weight: float = 0.0) -> None:
-        super().__init__(num_classes)
-        if not 0.0 < topk_ratio <= 1.0:
-            raise ValueError(f"topk_ratio must lie in (0, 1], got {topk_ratio}")
-        self.topk_ratio = topk_ratio
-        self.gamma = gamma
-        self.absent_class_weight = absent_class_weight
+    highest BCEs (``gamma`` as in :class:`GALossStyleHardVoxelLoss`, whose options, validation and
+    ``pseudo_label_loss`` it shares). ``absent_class_weight``: GADice's term for regions with no voxel in the
+    batch, ``1/R sum_{r absent} mean_v p_rv^2``."""
 
     def forward(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
         r = logits.shape[1]
@@ -160,10 +152,6 @@ class GALossStyleRegionLoss(_StatelessBalance):
             p = torch.sigmoid(x).movedim(1, -1)[valid.movedim(1, -1).all(-1)]  # (valid voxels, R)
             loss = loss + self.absent_class_weight * p[:, absent].pow(2).mean(0).sum() / r
         return loss
-
-    def pseudo_label_loss(self, logits: Tensor, labels: Tensor, ignore_index: int = -1) -> Tensor:
-        """The same hard-voxel, per-group-normalised BCE on the pseudo-labels."""
-        return self.forward(logits, labels, ignore_index=ignore_index)
 
 
 def build_region_balance(name: str, num_regions: int, **kw) -> nn.Module:
