@@ -6,7 +6,8 @@
 4. ``nnunet-llmseg subset``: keep the labels of a few training cases only
 5. ``nnUNetv2_train`` with ``nnUNetTrainerTAK`` (``--method llmseg``: ``nnUNetTrainerLLMSeg``) on a short schedule
    (unlabelled preprocessing happens on first use)
-6. ``nnUNetv2_predict`` on the held-out test images
+6. ``nnUNetv2_predict`` on the held-out test images, sequentially (``-npp 0 -nps 0``: for a few small images
+   nnU-Net's spawned worker processes, each importing torch and nnU-Net anew, cost more than they save)
 7. ``nnunet-llmseg evaluate``: Dice, Jaccard, HD95, ASD - printed as a table
 
 Why TAK and 10 x 10 iterations by default: the synthetic data has a large bright structure and a small, fainter
@@ -124,7 +125,7 @@ def run_demo(out: Path, n_labelled_pool: int = 8, n_labels: int = 3, n_unlabelle
     pred = out / "predictions"
     steps.run("predicting the held-out test images",
               [*_bin("nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", d, "-c", "3d_fullres",
-               "-f", "0", "-tr", trainer, "-device", device, "--disable_tta", "-npp", "1", "-nps", "1"], env)
+               "-f", "0", "-tr", trainer, "-device", device, "--disable_tta", "-npp", "0", "-nps", "0"], env)
     steps.note("evaluating (Dice, Jaccard, HD95, ASD)")
     from nnunet_llmseg.evaluation.report import evaluate_folders, format_table, write_reports
 

@@ -7,6 +7,9 @@ smallest the two structures fit in (``TINY_SHAPE``): every real ``nnUNetv2_train
 convolution over the whole patch, so its voxel count sets much of the suite's time. For the same reason the test
 datasets' networks are 4x narrower than nnU-Net plans them (``narrow_planned_networks``, as in the demo): the tests
 check what our code does with nnU-Net's planned architecture, not how well a wide network segments tiny volumes.
+Predictions run nnU-Net's sequential path (``nnUNetv2_predict -npp 0 -nps 0``): each worker process nnU-Net
+spawns imports torch and nnU-Net anew (some 10 s of CPU on a slow core), more than predicting two tiny images
+costs; one prediction in test_setups_regions.py keeps the worker path.
 """
 
 from __future__ import annotations
@@ -156,3 +159,18 @@ def hippocampus_msd() -> Path:
     if not (HIPPOCAMPUS / "dataset.json").is_file():
         pytest.skip(f"real data not available at {HIPPOCAMPUS}")
     return HIPPOCAMPUS
+
+
+#: the test files that run real nnU-Net trainings, longest first (sequential seconds on a slow 2-core machine,
+#: 2026-12-05: 337, 218, 112, 184, 124, 84). The README's ``pytest -n 2 --dist loadfile --no-loadscope-reorder``
+#: gives each worker whole files in this order, so that the two longest start at once and the short files fill the
+#: gaps at the end (xdist's own order, most tests first, left the two longest for last). ``benchmark`` comes before
+#: ``setups_sparse`` because xdist hands each worker a second file at the start: 337 + 112 beside 218 + 184.
+LONGEST_FILES_FIRST = ("test_setups_regions.py", "test_demo.py", "test_benchmark.py", "test_setups_sparse.py",
+                       "test_semi_supervised.py", "test_bad_inputs.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the long files first (stable: each file's tests keep their order), with or without xdist."""
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

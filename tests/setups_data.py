@@ -1,4 +1,5 @@
-"""Tiny synthetic datasets for the nnU-Net set-ups of tests/test_setups.py (regions, ignore label).
+"""Tiny synthetic datasets for the nnU-Net set-ups of tests/test_setups_regions.py and tests/test_setups_sparse.py,
+and the small helpers both files use.
 
 - :func:`write_brats_like`: four MRI channels (T1, T1ce, T2, FLAIR) and BraTS's three nested labels
   (1 peritumoral edema, 2 non-enhancing core, 3 enhancing tumour), trained as nnU-Net does for BraTS: the regions
@@ -10,9 +11,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
+import torch
 
 from nnunet_llmseg.demo_data import LABELS, make_case, write_nifti
 
@@ -20,6 +24,7 @@ BRATS_LABELS = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3],
 BRATS_REGIONS_CLASS_ORDER = [1, 2, 3]
 BRATS_CHANNELS = {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}
 IGNORE_VALUE = 3
+LLMSEG, TAK = "nnUNetTrainerLLMSeg_2epochs_3it", "nnUNetTrainerTAK_2epochs_3it"
 
 
 def make_brats_like_case(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -83,3 +88,37 @@ def write_sparse_dataset(raw_root: Path, name: str, n_labelled: int = 6, n_unlab
         "channel_names": {"0": "MRI"}, "labels": {**LABELS, "ignore": IGNORE_VALUE}, "numTraining": n_labelled,
         "file_ending": ".nii.gz", "name": name.split("_", 1)[-1]}, indent=2))
     return folder
+
+
+def set_batch_size(plans_file: Path, **sizes: int) -> None:
+    plans = json.loads(plans_file.read_text())
+    for cfg, bs in sizes.items():
+        plans["configurations"][cfg]["batch_size"] = bs
+    plans_file.write_text(json.dumps(plans, indent=2))
+
+
+def copy_images(raw: Path, cases: list[str], n_channels: int, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for c in cases:
+        for ch in range(n_channels):
+            shutil.copy(raw / "imagesTr" / f"{c}_{ch:04d}.nii.gz", dest)
+    return dest
+
+
+def labels_in(folder: Path, case: str) -> set[int]:
+    return set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{case}.nii.gz")))).tolist())
+
+
+def build_in_process(trainer_name: str, pre: Path, plans_name: str = "nnUNetPlans", configuration: str = "3d_fullres"):
+    """The trainer as nnUNetv2_train constructs it (in this process, on the CPU)."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    plans = json.loads((pre / f"{plans_name}.json").read_text())
+    plans["continue_training"] = False
+    return recursive_find_trainer_class_by_name(trainer_name)(
+        plans=plans, configuration=configuration, fold=0, dataset_json=json.loads((pre / "dataset.json").read_text()),
+        device=torch.device("cpu"))
+
+
+def model_folder(env, dataset: str, trainer: str, plans: str, configuration: str) -> Path:
+    return env.results / dataset / f"{trainer}__{plans}__{configuration}"

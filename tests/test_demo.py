@@ -7,7 +7,6 @@ It is also the suite's real ``nnUNetv2_train`` / ``nnUNetv2_predict`` run of TAK
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from prior_generation.priors_file import load_priors
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_offline(tmp_path):
+def test_demo_runs_end_to_end_offline(tmp_path, monkeypatch):
     out = tmp_path / "demo"
     proc = run_cli(["nnunet-llmseg", "demo", "--out", str(out), "--cases", "6", "--labels", "2", "--unlabelled", "2",
                     "--test", "2"], timeout=1500)  # the default method (TAK) and schedule (10 x 10)
@@ -49,11 +48,16 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     assert len(log["unsup_losses"]) == 10 and len(log["confident_fraction"]) == 10  # one entry per epoch
     assert "contrast_loss" in next(fold.glob("training_log_*.txt")).read_text()
 
-    # one network of the pair predicts on its own (what the TAK smoke test in test_semi_supervised.py checked)
-    env = dict(os.environ, nnUNet_raw=str(out / "nnUNet_raw"), nnUNet_preprocessed=str(pre.parent),
-               nnUNet_results=str(out / "nnUNet_results"), NNUNET_LLMSEG_PREDICT_NETWORKS="a")
+    # one network of the pair predicts on its own, as nnU-Net's predictor builds it from the model folder (in this
+    # process: the demo's own step 6 already ran the nnUNetv2_predict command on both networks)
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    monkeypatch.setenv("NNUNET_LLMSEG_PREDICT_NETWORKS", "a")
+    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(fold.parent), use_folds=(0,))
+    assert predictor.network.predict_networks == "a"
     images = out / "nnUNet_raw" / "Dataset990_LLMSegDemo" / "imagesTs"
-    run_cli(["nnUNetv2_predict", "-i", str(images), "-o", str(tmp_path / "pred_a"), "-d", "990", "-c", "3d_fullres",
-             "-f", "0", "-tr", fold.parent.name.split("__")[0], "-device", "cpu", "--disable_tta", "-npp", "1",
-             "-nps", "1"], env=env)
+    (tmp_path / "pred_a").mkdir()  # nnUNetv2_predict creates it before calling the predictor
+    predictor.predict_from_files_sequential(str(images), str(tmp_path / "pred_a"), save_probabilities=False,
+                                            overwrite=True, folder_with_segs_from_prev_stage=None)
     assert sorted(p.name for p in (tmp_path / "pred_a").glob("*.nii.gz")) == ["test_000.nii.gz", "test_001.nii.gz"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import blosc2
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
-from test_foundation import assert_valid_predictions
 
 from conftest import TINY_SHAPE, run_cli
 from nnunet_llmseg.data.labelled_subset import SubsetError, create_labelled_subset, load_labelled_subset
@@ -247,6 +247,19 @@ def test_trainers_refuse_missing_or_mismatched_priors(tiny_dataset, semi):
         build_trainer("nnUNetTrainerLLMSeg", semi["name"], semi["pre"], dataset_json=renamed)
 
 
+def assert_valid_predictions(pred_dir: Path, image_dir: Path, cases: list[str], valid_labels: set[int]) -> None:
+    for case in cases:
+        pred_file = pred_dir / f"{case}.nii.gz"
+        assert pred_file.is_file(), f"missing prediction {pred_file}"
+        pred = sitk.ReadImage(str(pred_file))
+        img = sitk.ReadImage(str(image_dir / f"{case}_0000.nii.gz"))
+        assert pred.GetSize() == img.GetSize()
+        assert np.allclose(pred.GetSpacing(), img.GetSpacing())
+        assert np.allclose(pred.GetOrigin(), img.GetOrigin())
+        values = set(np.unique(sitk.GetArrayFromImage(pred)).tolist())
+        assert values <= valid_labels, f"{pred_file}: labels {values} not in {valid_labels}"
+
+
 # ---- training, prediction, resume ------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -276,7 +289,7 @@ def test_trainer_trains_two_tiny_epochs_and_predicts(semi, trainer, tmp_path):
     for mode in ("both", "a"):
         out = tmp_path / f"out_{mode}"
         run_cli(["nnUNetv2_predict", "-i", str(inp), "-o", str(out), "-d", "903", "-c", "3d_fullres", "-f", "0",
-                 "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
+                 "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", "0", "-nps", "0"],
                 env=dict(env, NNUNET_LLMSEG_PREDICT_NETWORKS=mode))
         assert_valid_predictions(out, inp, cases, {0, 1, 2})
 

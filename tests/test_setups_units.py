@@ -1,6 +1,7 @@
 """The nnU-Net set-ups of issue 12 on hand-built tensors and networks: ResEnc placement, sigmoid regions, ignore label.
 
-The end-to-end runs through nnU-Net's commands are in test_setups.py; DDP code on gloo in test_ddp_gloo.py.
+The end-to-end runs through nnU-Net's commands are in test_setups_regions.py and test_setups_sparse.py; DDP code on
+gloo in test_ddp_gloo.py.
 """
 
 from __future__ import annotations

@@ -1,49 +1,45 @@
-"""The nnU-Net set-ups users run, end to end through nnU-Net's own commands on tiny synthetic data.
+"""Region-based training as nnU-Net does it for BraTS, end to end through nnU-Net's own commands on tiny data.
 
-- ``brats``: region-based training as nnU-Net does it for BraTS (4 channels, ``regions_class_order``, sigmoid
-  outputs), planned with the ResEnc preset ``nnUNetPlannerResEncM``, text priors written by the real
-  ``prior_generation`` (offline knowledge base, bundled MiniLM encoder). LLM-SegNet starts from a plain
-  nnUNetTrainer checkpoint (``-pretrained_weights``) with ``--npz``, is validated again with ``--val --val_best``;
-  TAK trains with ``--npz``; ``nnUNetv2_find_best_configuration`` and ``nnUNetv2_ensemble`` run over both model
-  folders; ``nnUNetv2_predict`` runs with ``-chk checkpoint_best.pth``, ``--save_probabilities``,
-  ``-step_size``, ``--disable_tta`` and ``NNUNET_LLMSEG_PREDICT_NETWORKS=a``.
-- ``sparse``: nnU-Net's ``ignore`` label (every other slab unannotated), 64^3 images planned with a small GPU
-  memory target so that the planner itself creates ``3d_lowres`` and ``3d_cascade_fullres``: LLM-SegNet on
-  ``3d_lowres``, TAK on ``2d``, the cascade refused at start.
+``brats``: 4 channels, ``regions_class_order``, sigmoid outputs, planned with the ResEnc preset
+``nnUNetPlannerResEncM``, text priors written by the real ``prior_generation`` (offline knowledge base, bundled
+MiniLM encoder). LLM-SegNet starts from a plain nnUNetTrainer checkpoint (``-pretrained_weights``) with ``--npz``, is
+validated again with ``--val --val_best``; TAK trains with ``--npz``; ``nnUNetv2_find_best_configuration`` and
+``nnUNetv2_ensemble`` run over both model folders; ``nnUNetv2_predict`` runs with ``-chk checkpoint_best.pth``,
+``--save_probabilities``, ``-step_size``, ``--disable_tta`` and ``NNUNET_LLMSEG_PREDICT_NETWORKS=a`` (that one on
+nnU-Net's worker processes, ``-npp 1 -nps 1``; every other prediction of the suite runs sequentially).
 
-Schedules are 2 epochs x 3 iterations; batch sizes are cut to 2 in the plans (a plans edit, as users make them).
+Schedules are 2 epochs x 3 iterations; batch sizes are cut to 2 in the plans (a plans edit, as users make them). The
+sparse-annotation set-up (ignore label, ``3d_lowres``, the cascade) is in test_setups_sparse.py: a file each, so that
+``pytest -n 2 --dist loadfile`` can run the two on different workers.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import blosc2
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
-from setups_data import write_brats_like, write_sparse_dataset
-from test_semi_supervised import write_test_priors
+from setups_data import (
+    LLMSEG,
+    TAK,
+    build_in_process,
+    copy_images,
+    labels_in,
+    model_folder,
+    set_batch_size,
+    write_brats_like,
+)
 
 from conftest import run_cli
 from nnunet_llmseg.demo import narrow_planned_networks
 
 BRATS_ID, BRATS = 971, "Dataset971_LLMSegBraTS"
-SPARSE_ID, SPARSE = 972, "Dataset972_LLMSegSparse"
 #: the BraTS-like volumes: the smallest the three nested regions stay a few voxels thick in (training cost ~ voxels)
 BRATS_SHAPE = (16, 16, 16)
 RESENC = "nnUNetResEncUNetMPlans"
-LLMSEG, TAK = "nnUNetTrainerLLMSeg_2epochs_3it", "nnUNetTrainerTAK_2epochs_3it"
-
-
-def _set_batch_size(plans_file: Path, **sizes: int) -> None:
-    plans = json.loads(plans_file.read_text())
-    for cfg, bs in sizes.items():
-        plans["configurations"][cfg]["batch_size"] = bs
-    plans_file.write_text(json.dumps(plans, indent=2))
 
 
 def _plain_checkpoint(pre: Path, plans_name: str, configuration: str, out: Path) -> Path:
@@ -59,33 +55,6 @@ def _plain_checkpoint(pre: Path, plans_name: str, configuration: str, out: Path)
     return out
 
 
-def _images(raw: Path, cases: list[str], n_channels: int, dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for c in cases:
-        for ch in range(n_channels):
-            shutil.copy(raw / "imagesTr" / f"{c}_{ch:04d}.nii.gz", dest)
-    return dest
-
-
-def _labels_in(folder: Path, case: str) -> set[int]:
-    return set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{case}.nii.gz")))).tolist())
-
-
-def _build(trainer_name: str, pre: Path, plans_name: str = "nnUNetPlans", configuration: str = "3d_fullres"):
-    """The trainer as nnUNetv2_train constructs it (in this process, on the CPU)."""
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    plans = json.loads((pre / f"{plans_name}.json").read_text())
-    plans["continue_training"] = False
-    return recursive_find_trainer_class_by_name(trainer_name)(
-        plans=plans, configuration=configuration, fold=0, dataset_json=json.loads((pre / "dataset.json").read_text()),
-        device=torch.device("cpu"))
-
-
-def _model(env, dataset: str, trainer: str, plans: str, configuration: str) -> Path:
-    return env.results / dataset / f"{trainer}__{plans}__{configuration}"
-
-
 @pytest.fixture(scope="module")
 def brats(nnunet_env, tmp_path_factory):
     raw = write_brats_like(nnunet_env.raw, BRATS, n_labelled=5, n_unlabelled=2, shape=BRATS_SHAPE)
@@ -93,24 +62,12 @@ def brats(nnunet_env, tmp_path_factory):
     run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(BRATS_ID), "-pl", "nnUNetPlannerResEncM", "-c", "3d_fullres",
              "-np", "1"], env=env)
     pre = nnunet_env.preprocessed / BRATS
-    _set_batch_size(pre / f"{RESENC}.json", **{"3d_fullres": 2})
+    set_batch_size(pre / f"{RESENC}.json", **{"3d_fullres": 2})
     narrow_planned_networks(pre / f"{RESENC}.json")
     run_cli(["python", "-m", "prior_generation", "-d", str(BRATS_ID), "--encoder", "minilm-l6-v2", "--no-progress"],
             env=env)
     plain = _plain_checkpoint(pre, RESENC, "3d_fullres", tmp_path_factory.mktemp("plain") / "plain.pth")
     return {"env": nnunet_env, "raw": raw, "pre": pre, "plain": plain}
-
-
-@pytest.fixture(scope="module")
-def sparse(nnunet_env):
-    raw = write_sparse_dataset(nnunet_env.raw, SPARSE, n_labelled=5, n_unlabelled=2, shape=(64, 64, 64))
-    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(SPARSE_ID), "-c", "2d", "3d_fullres", "3d_lowres", "-np",
-             "1", "-gpu_memory_target", "0.05"], env=nnunet_env.environ())
-    pre = nnunet_env.preprocessed / SPARSE
-    _set_batch_size(pre / "nnUNetPlans.json", **{"2d": 2})
-    narrow_planned_networks(pre / "nnUNetPlans.json")
-    write_test_priors(pre, json.loads((pre / "dataset.json").read_text()))
-    return {"env": nnunet_env, "raw": raw, "pre": pre}
 
 
 def test_region_priors_and_pretrained_weights_in_process(brats, tmp_path):
@@ -119,7 +76,7 @@ def test_region_priors_and_pretrained_weights_in_process(brats, tmp_path):
     meta = json.loads((brats["pre"] / "text_priors.json").read_text())
     assert meta["class_names"] == ["background", "whole_tumor", "tumor_core", "enhancing_tumor"]
     assert meta["label_values"][1:] == [[1, 2, 3], [2, 3], 3]
-    trainer = _build("nnUNetTrainerLLMSeg_5epochs_10it", brats["pre"], RESENC)  # a model folder no run uses
+    trainer = build_in_process("nnUNetTrainerLLMSeg_5epochs_10it", brats["pre"], RESENC)  # a model folder no run uses
     trainer.initialize()
     twin = trainer.network
     assert type(twin.net_a.unet).__name__ == "ResidualEncoderUNet"
@@ -160,7 +117,7 @@ def test_resenc_regions_train_validate_ensemble_predict(brats, tmp_path):
                     "--npz", "-pretrained_weights", str(brats["plain"])], env=env)
     assert "into each of net_a.unet and net_b.unet" in proc.stdout and "Not loaded: the segmentation layers" in \
         proc.stdout
-    llm = _model(env_obj, BRATS, LLMSEG, RESENC, "3d_fullres")
+    llm = model_folder(env_obj, BRATS, LLMSEG, RESENC, "3d_fullres")
     summary = llm / "fold_0" / "validation" / "summary.json"
     first = json.loads(summary.read_text())
     assert set(first["mean"]) == {"(1, 2, 3)", "(2, 3)", "3"}  # nnU-Net scored the three regions
@@ -175,7 +132,7 @@ def test_resenc_regions_train_validate_ensemble_predict(brats, tmp_path):
     # TAK with regions: class balance and contrast on regions
     run_cli(["nnUNetv2_train", str(BRATS_ID), "3d_fullres", "0", "-tr", TAK, "-p", RESENC, "-device", "cpu", "--npz"],
             env=env)
-    tak = _model(env_obj, BRATS, TAK, RESENC, "3d_fullres")
+    tak = model_folder(env_obj, BRATS, TAK, RESENC, "3d_fullres")
     log = next((tak / "fold_0").glob("training_log_*.txt")).read_text()
     contrast = [float(line.split("contrast_loss")[1]) for line in log.splitlines() if "contrast_loss" in line]
     assert contrast and all(np.isfinite(c) and c > 0 for c in contrast)
@@ -190,7 +147,7 @@ def test_resenc_regions_train_validate_ensemble_predict(brats, tmp_path):
     assert len(info["all_results"]) == 3  # both models and their ensemble
     assert all(np.isfinite(v) for v in info["all_results"].values())
 
-    inp = _images(brats["raw"], ["brats_000", "brats_003"], 4, tmp_path / "in")
+    inp = copy_images(brats["raw"], ["brats_000", "brats_003"], 4, tmp_path / "in")
     out_a, out_t, out_e = tmp_path / "llmseg_a", tmp_path / "tak", tmp_path / "ensemble"
     proc = run_cli(["nnUNetv2_predict", "-i", str(inp), "-o", str(out_a), "-d", str(BRATS_ID), "-c", "3d_fullres",
                     "-p", RESENC, "-f", "0", "-tr", LLMSEG, "-chk", "checkpoint_best.pth", "--save_probabilities",
@@ -199,11 +156,11 @@ def test_resenc_regions_train_validate_ensemble_predict(brats, tmp_path):
     assert "NNUNET_LLMSEG_PREDICT_NETWORKS=a: predictions use network a only" in proc.stdout
     run_cli(["nnUNetv2_predict", "-i", str(inp), "-o", str(out_t), "-d", str(BRATS_ID), "-c", "3d_fullres", "-p",
              RESENC, "-f", "0", "-tr", TAK, "--save_probabilities", "-step_size", "0.75", "-device", "cpu", "-npp",
-             "1", "-nps", "1"], env=env)
+             "0", "-nps", "0"], env=env)
     run_cli(["nnUNetv2_ensemble", "-i", str(out_a), str(out_t), "-o", str(out_e), "-np", "1"], env=env)
     for folder in (out_a, out_t, out_e):
         for case in ("brats_000", "brats_003"):
-            assert _labels_in(folder, case) <= {0, 1, 2, 3}
+            assert labels_in(folder, case) <= {0, 1, 2, 3}
     probs = np.load(out_a / "brats_000.npz")["probabilities"]
     assert probs.shape == (3, *BRATS_SHAPE) and probs.min() >= 0 and probs.max() <= 1
 
@@ -237,31 +194,3 @@ def _predicted_probabilities(model: Path, mode: str, data: torch.Tensor) -> torc
     predictor.network.eval()
     with torch.no_grad():  # nnU-Net's inference non-linearity (sigmoid for regions) on the network's output
         return predictor.label_manager.apply_inference_nonlin(predictor.network(data)[0]).float()
-
-
-def test_cascade_is_refused_at_start_with_the_reason(sparse):
-    plans = json.loads((sparse["pre"] / "nnUNetPlans.json").read_text())
-    assert {"3d_lowres", "3d_cascade_fullres"} <= set(plans["configurations"]), "the planner made a lowres stage"
-    with pytest.raises(RuntimeError, match=r"cannot train the cascade configuration '3d_cascade_fullres'.*"
-                                           r"none for the unlabelled images"):
-        _build(LLMSEG, sparse["pre"], configuration="3d_cascade_fullres")
-
-
-@pytest.mark.slow
-def test_ignore_label_on_3d_lowres_and_2d(sparse, tmp_path):
-    env_obj = sparse["env"]
-    env = env_obj.environ()
-    run_cli(["nnUNetv2_train", str(SPARSE_ID), "3d_lowres", "0", "-tr", LLMSEG, "-device", "cpu"], env=env)
-    run_cli(["nnUNetv2_train", str(SPARSE_ID), "2d", "0", "-tr", TAK, "-device", "cpu"], env=env)
-    for trainer, cfg in ((LLMSEG, "3d_lowres"), (TAK, "2d")):
-        fold = _model(env_obj, SPARSE, trainer, "nnUNetPlans", cfg) / "fold_0"
-        assert (fold / "validation" / "summary.json").is_file()
-        log = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
-        assert all(np.isfinite(log["sup_losses"])) and all(np.isfinite(log["unsup_losses"]))
-        if trainer == TAK:
-            assert len(log["class_weights"][-1]) == 3 and all(np.isfinite(log["class_weights"][-1]))
-    inp = _images(sparse["raw"], ["sparse_001"], 1, tmp_path / "in")
-    out = tmp_path / "out"
-    run_cli(["nnUNetv2_predict", "-i", str(inp), "-o", str(out), "-d", str(SPARSE_ID), "-c", "3d_lowres", "-f", "0",
-             "-tr", LLMSEG, "-step_size", "0.75", "-device", "cpu", "-npp", "1", "-nps", "1"], env=env)
-    assert _labels_in(out, "sparse_001") <= {0, 1, 2}  # never the ignore label
