@@ -45,8 +45,10 @@ def write_nifti(array: np.ndarray, path: Path, spacing: tuple[float, ...] = (1.0
 
 
 def write_synthetic_dataset(raw_root: Path, dataset_name: str, n_labelled: int, n_unlabelled: int,
-                            n_test: int = 0, seed: int = 0, shape: tuple[int, int, int] = (32, 32, 32)) -> Path:
-    """Write ``imagesTr``/``labelsTr``, ``imagesUnlabeled`` and optionally ``imagesTs``/``labelsTs``."""
+                            n_test: int = 0, seed: int = 0, shape: tuple[int, int, int] = (32, 32, 32),
+                            case_prefix: str = "case") -> Path:
+    """Write ``imagesTr``/``labelsTr`` (cases ``{case_prefix}_000``, ...), ``imagesUnlabeled`` and optionally
+    ``imagesTs``/``labelsTs``."""
     folder = Path(raw_root) / dataset_name
     subs = ["imagesTr", "labelsTr", "imagesUnlabeled"] + (["imagesTs", "labelsTs"] if n_test else [])
     for sub in subs:
@@ -54,8 +56,8 @@ def write_synthetic_dataset(raw_root: Path, dataset_name: str, n_labelled: int, 
     rng = np.random.default_rng(seed)
     for i in range(n_labelled):
         img, seg = make_case(rng, shape)
-        write_nifti(img, folder / "imagesTr" / f"case_{i:03d}_0000.nii.gz")
-        write_nifti(seg, folder / "labelsTr" / f"case_{i:03d}.nii.gz")
+        write_nifti(img, folder / "imagesTr" / f"{case_prefix}_{i:03d}_0000.nii.gz")
+        write_nifti(seg, folder / "labelsTr" / f"{case_prefix}_{i:03d}.nii.gz")
     for i in range(n_unlabelled):
         img, _ = make_case(rng, shape)
         write_nifti(img, folder / "imagesUnlabeled" / f"unl_{i:03d}_0000.nii.gz")

@@ -14,18 +14,16 @@ costs; one prediction in test_setups_regions.py keeps the worker path.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from nnunet_llmseg.demo import DEMO_SHAPE, narrow_planned_networks
-from nnunet_llmseg.demo_data import LABELS, make_case, write_nifti
+from nnunet_llmseg.demo_data import write_synthetic_dataset
 
 # Two OpenMP threads that spin-wait for each other are up to 10x slower on a loaded 2-core machine (the CI runner,
 # or a test run beside a benchmark); sleeping waiters cost nothing when the cores are free. Set before torch loads.
@@ -58,7 +56,6 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 900) -> sub
     return proc
 
 
-make_tiny_case = make_case  # the package's synthetic two-structure case (also used by `nnunet-llmseg demo`)
 #: shape of the tiny dataset's volumes: the demo's, the smallest the two structures fit in (see ``DEMO_SHAPE``)
 TINY_SHAPE = DEMO_SHAPE
 
@@ -111,26 +108,9 @@ def nnunet_env(tmp_path_factory) -> NNUNetEnv:
 
 
 def build_tiny_raw_dataset(raw_root: Path, n_labelled: int = 6, n_unlabelled: int = 3, seed: int = 0) -> Path:
-    folder = raw_root / TINY_NAME
-    for sub in ("imagesTr", "labelsTr", "imagesUnlabeled"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n_labelled):
-        img, seg = make_tiny_case(rng, TINY_SHAPE)
-        write_nifti(img, folder / "imagesTr" / f"tiny_{i:03d}_0000.nii.gz")
-        write_nifti(seg, folder / "labelsTr" / f"tiny_{i:03d}.nii.gz")
-    for i in range(n_unlabelled):
-        img, _ = make_tiny_case(rng, TINY_SHAPE)
-        write_nifti(img, folder / "imagesUnlabeled" / f"unl_{i:03d}_0000.nii.gz")
-    dataset_json = {
-        "channel_names": {"0": "MRI"},
-        "labels": LABELS,
-        "numTraining": n_labelled,
-        "file_ending": ".nii.gz",
-        "name": "LLMSegTiny",
-    }
-    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    return folder
+    """Dataset901's raw folder: the demo's synthetic cases at ``TINY_SHAPE``, named ``tiny_000``, ..."""
+    return write_synthetic_dataset(raw_root, TINY_NAME, n_labelled, n_unlabelled, seed=seed, shape=TINY_SHAPE,
+                                   case_prefix="tiny")
 
 
 @pytest.fixture(scope="session")

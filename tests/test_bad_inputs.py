@@ -33,7 +33,7 @@ import SimpleITK as sitk
 import torch
 from test_semi_supervised import build_trainer, copy_dataset, write_test_priors
 
-from conftest import _bin, write_nifti
+from conftest import _bin
 from nnunet_llmseg.cli import main as cli_main
 from nnunet_llmseg.data.unlabeled_preprocessing import (
     UnlabeledImageError,
@@ -41,6 +41,7 @@ from nnunet_llmseg.data.unlabeled_preprocessing import (
     preprocess_unlabeled,
     unlabeled_preprocessed_folder,
 )
+from nnunet_llmseg.demo_data import write_nifti
 from prior_generation.cli import main as priors_main
 from prior_generation.dataset_info import load_dataset_classes
 from prior_generation.llm import OpenAIChatBackend

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import _bin, run_cli, write_nifti
+from conftest import _bin, run_cli
+from nnunet_llmseg.demo_data import write_nifti
 from nnunet_llmseg.evaluation.metrics import case_metrics
 from nnunet_llmseg.evaluation.report import (
     EvaluationError,
