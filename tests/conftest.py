@@ -56,6 +56,25 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 900) -> sub
     return proc
 
 
+def predictor_from_model_folder(model: Path, mode: str, checkpoint_name: str = "checkpoint_final.pth"):
+    """nnU-Net's predictor built from a model folder in this process (CPU, no mirroring), with
+    ``NNUNET_LLMSEG_PREDICT_NETWORKS=mode`` while it builds the network (the variable is read only then)."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    before = os.environ.get("NNUNET_LLMSEG_PREDICT_NETWORKS")
+    os.environ["NNUNET_LLMSEG_PREDICT_NETWORKS"] = mode
+    try:
+        predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,), checkpoint_name=checkpoint_name)
+    finally:
+        if before is None:
+            os.environ.pop("NNUNET_LLMSEG_PREDICT_NETWORKS", None)
+        else:
+            os.environ["NNUNET_LLMSEG_PREDICT_NETWORKS"] = before
+    return predictor
+
+
 #: shape of the tiny dataset's volumes: the demo's, the smallest the two structures fit in (see ``DEMO_SHAPE``)
 TINY_SHAPE = DEMO_SHAPE
 

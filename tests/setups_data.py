@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from nnunet_llmseg.demo_data import LABELS, make_case, write_nifti
 
@@ -107,17 +106,6 @@ def copy_images(raw: Path, cases: list[str], n_channels: int, dest: Path) -> Pat
 
 def labels_in(folder: Path, case: str) -> set[int]:
     return set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{case}.nii.gz")))).tolist())
-
-
-def build_in_process(trainer_name: str, pre: Path, plans_name: str = "nnUNetPlans", configuration: str = "3d_fullres"):
-    """The trainer as nnUNetv2_train constructs it (in this process, on the CPU)."""
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    plans = json.loads((pre / f"{plans_name}.json").read_text())
-    plans["continue_training"] = False
-    return recursive_find_trainer_class_by_name(trainer_name)(
-        plans=plans, configuration=configuration, fold=0, dataset_json=json.loads((pre / "dataset.json").read_text()),
-        device=torch.device("cpu"))
 
 
 def model_folder(env, dataset: str, trainer: str, plans: str, configuration: str) -> Path:

@@ -11,14 +11,14 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import predictor_from_model_folder, run_cli
 from nnunet_llmseg.trainers.tak import nnUNetTrainerTAK
 from nnunet_llmseg.trainers.text_priors import stacked_rows
 from prior_generation.priors_file import load_priors
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_offline(tmp_path, monkeypatch):
+def test_demo_runs_end_to_end_offline(tmp_path):
     out = tmp_path / "demo"
     proc = run_cli(["nnunet-llmseg", "demo", "--out", str(out), "--cases", "6", "--labels", "2", "--unlabelled", "2",
                     "--test", "2"], timeout=1500)  # the default method (TAK) and schedule (10 x 10)
@@ -50,11 +50,7 @@ def test_demo_runs_end_to_end_offline(tmp_path, monkeypatch):
 
     # one network of the pair predicts on its own, as nnU-Net's predictor builds it from the model folder (in this
     # process: the demo's own step 6 already ran the nnUNetv2_predict command on both networks)
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    monkeypatch.setenv("NNUNET_LLMSEG_PREDICT_NETWORKS", "a")
-    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), verbose=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(fold.parent), use_folds=(0,))
+    predictor = predictor_from_model_folder(fold.parent, "a")
     assert predictor.network.predict_networks == "a"
     images = out / "nnUNet_raw" / "Dataset990_LLMSegDemo" / "imagesTs"
     (tmp_path / "pred_a").mkdir()  # nnUNetv2_predict creates it before calling the predictor

@@ -57,14 +57,16 @@ def write_test_priors(pre: Path, dataset_json: dict, dim: int = 24, drop: str | 
     return load_priors(pre)
 
 
-def build_trainer(name: str, dataset_name: str, pre: Path, trainer_cls=None, dataset_json: dict | None = None):
+def build_trainer(name: str, dataset_name: str, pre: Path, trainer_cls=None, dataset_json: dict | None = None,
+                  plans_name: str = "nnUNetPlans", configuration: str = "3d_fullres"):
+    """The trainer as nnUNetv2_train constructs it (in this process, on the CPU, fold 0)."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     cls = trainer_cls or recursive_find_trainer_class_by_name(name)
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans = json.loads((pre / f"{plans_name}.json").read_text())
     plans["continue_training"] = False
     dj = dataset_json or json.loads((pre / "dataset.json").read_text())
-    return cls(plans=plans, configuration="3d_fullres", fold=0, dataset_json=dj, device=torch.device("cpu"))
+    return cls(plans=plans, configuration=configuration, fold=0, dataset_json=dj, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,15 @@ import torch
 from setups_data import (
     LLMSEG,
     TAK,
-    build_in_process,
     copy_images,
     labels_in,
     model_folder,
     set_batch_size,
     write_brats_like,
 )
+from test_semi_supervised import build_trainer
 
-from conftest import run_cli
+from conftest import predictor_from_model_folder, run_cli
 from nnunet_llmseg.demo import narrow_planned_networks
 
 BRATS_ID, BRATS = 971, "Dataset971_LLMSegBraTS"
@@ -76,7 +76,8 @@ def test_region_priors_and_pretrained_weights_in_process(brats, tmp_path):
     meta = json.loads((brats["pre"] / "text_priors.json").read_text())
     assert meta["class_names"] == ["background", "whole_tumor", "tumor_core", "enhancing_tumor"]
     assert meta["label_values"][1:] == [[1, 2, 3], [2, 3], 3]
-    trainer = build_in_process("nnUNetTrainerLLMSeg_5epochs_10it", brats["pre"], RESENC)  # a model folder no run uses
+    # a model folder no run uses
+    trainer = build_trainer("nnUNetTrainerLLMSeg_5epochs_10it", BRATS, brats["pre"], plans_name=RESENC)
     trainer.initialize()
     twin = trainer.network
     assert type(twin.net_a.unet).__name__ == "ResidualEncoderUNet"
@@ -174,22 +175,7 @@ def test_resenc_regions_train_validate_ensemble_predict(brats, tmp_path):
 
 
 def _predicted_probabilities(model: Path, mode: str, data: torch.Tensor) -> torch.Tensor:
-    import os
-
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    before = os.environ.get("NNUNET_LLMSEG_PREDICT_NETWORKS")
-    os.environ["NNUNET_LLMSEG_PREDICT_NETWORKS"] = mode
-    try:
-        predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), verbose=False,
-                                    allow_tqdm=False)
-        predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,),
-                                                       checkpoint_name="checkpoint_best.pth")
-    finally:
-        if before is None:
-            os.environ.pop("NNUNET_LLMSEG_PREDICT_NETWORKS", None)
-        else:
-            os.environ["NNUNET_LLMSEG_PREDICT_NETWORKS"] = before
+    predictor = predictor_from_model_folder(model, mode, checkpoint_name="checkpoint_best.pth")
     assert predictor.network.has_regions and predictor.network.predict_networks == mode
     predictor.network.eval()
     with torch.no_grad():  # nnU-Net's inference non-linearity (sigmoid for regions) on the network's output

@@ -16,14 +16,13 @@ import torch
 from setups_data import (
     LLMSEG,
     TAK,
-    build_in_process,
     copy_images,
     labels_in,
     model_folder,
     set_batch_size,
     write_sparse_dataset,
 )
-from test_semi_supervised import write_test_priors
+from test_semi_supervised import build_trainer, write_test_priors
 
 from conftest import run_cli
 from nnunet_llmseg.demo import narrow_planned_networks
@@ -48,7 +47,7 @@ def test_cascade_is_refused_at_start_with_the_reason(sparse):
     assert {"3d_lowres", "3d_cascade_fullres"} <= set(plans["configurations"]), "the planner made a lowres stage"
     with pytest.raises(RuntimeError, match=r"cannot train the cascade configuration '3d_cascade_fullres'.*"
                                            r"none for the unlabelled images"):
-        build_in_process(LLMSEG, sparse["pre"], configuration="3d_cascade_fullres")
+        build_trainer(LLMSEG, SPARSE, sparse["pre"], configuration="3d_cascade_fullres")
 
 
 @pytest.mark.slow
