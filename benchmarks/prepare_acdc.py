@@ -15,6 +15,12 @@ id 27, as in nnU-Net's own ACDC instructions):
 
     python benchmarks/prepare_acdc.py --labelled-patients 7      # then: source <workspace>/env.sh
 
+``--in-plane-spacing S`` (S > 1) also plans and preprocesses a coarser copy, plans ``nnUNetPlans_sp{S}`` (nnU-Net's
+``-overwrite_target_spacing S+1 S S``, ``-overwrite_plans_name``; the slice axis must keep the largest spacing, or
+nnU-Net's planner transposes the volume and slices it along another axis; ``2d`` never resamples that axis): a network trained at S-pixel spacing costs about S**2
+less per iteration, so a CPU schedule runs several times more iterations; predictions are resampled back to the
+original grid by nnU-Net and scored there. Train on it with ``nnunet-llmseg benchmark -p nnUNetPlans_sp{S}``.
+
 Steps already done are skipped. The subset file holds one choice per fold: switching between 3 and 7 patients
 rewrites it (say so with ``--labelled-patients``); the benchmark refuses to reuse runs trained on the other one,
 so give each choice its own results folder (``nnunet-llmseg benchmark ... --results DIR``).
@@ -87,7 +93,13 @@ def write_splits(pre: Path, split: dict[str, list[str]]) -> None:
     print(f"wrote {target}: fold 0 = SSL4MIS train ({len(wanted[0]['train'])}) vs val ({len(wanted[0]['val'])})")
 
 
-def prepare(workspace: Path, acdc: Path, labelled_patients: int, encoder: str, np_: int) -> dict:
+def coarse_plans_name(in_plane_spacing: float) -> str:
+    """Plans identifier of the copy planned at ``in_plane_spacing`` pixels (``nnUNetPlans_sp2`` for 2)."""
+    return f"nnUNetPlans_sp{in_plane_spacing:g}".replace(".", "p")
+
+
+def prepare(workspace: Path, acdc: Path, labelled_patients: int, encoder: str, np_: int,
+            in_plane_spacing: float = 1.0) -> dict:
     workspace = workspace.resolve()
     env = workspace_env(workspace)
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -107,6 +119,14 @@ def prepare(workspace: Path, acdc: Path, labelled_patients: int, encoder: str, n
     if not plans.is_file() or not (pre / f"nnUNetPlans_{CONFIGURATION}").is_dir():
         run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", str(np_),
              "--verify_dataset_integrity"], env)
+    if in_plane_spacing != 1.0:
+        name = coarse_plans_name(in_plane_spacing)
+        if not (pre / f"{name}.json").is_file():
+            run(["nnUNetv2_plan_experiment", "-d", str(DATASET_ID), "-overwrite_target_spacing",
+                 str(in_plane_spacing + 1), str(in_plane_spacing), str(in_plane_spacing), "-overwrite_plans_name", name], env)
+        if not (pre / f"{name}_{CONFIGURATION}").is_dir():
+            run(["nnUNetv2_preprocess", "-d", str(DATASET_ID), "-plans_name", name, "-c", CONFIGURATION,
+                 "-np", str(np_)], env)
     write_splits(pre, split)
     if not (pre / "text_priors.safetensors").is_file():
         run([sys.executable, "-m", "prior_generation", "-d", str(DATASET_ID), "--llm", "offline", "--encoder", encoder],
@@ -134,12 +154,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="SSL4MIS labelled set: 3 (5 %%) or 7 (10 %%) patients, both frames each")
     p.add_argument("--encoder", default="minilm-l6-v2", help="text encoder for the priors (offline default)")
     p.add_argument("-np", type=int, default=2)
+    p.add_argument("--in-plane-spacing", type=float, default=1.0,
+                   help="also plan and preprocess at this in-plane spacing in pixels (> 1: coarser, cheaper)")
     args = p.parse_args(argv)
     if not (args.acdc / "dataset.json").is_file():
         print(f"ACDC not found at {args.acdc}", file=sys.stderr)
         return 2
     try:
-        prepare(args.workspace, args.acdc, args.labelled_patients, args.encoder, args.np)
+        if args.in_plane_spacing < 1.0:
+            raise PrepareError(f"--in-plane-spacing {args.in_plane_spacing}: must be at least 1 (pixels)")
+        prepare(args.workspace, args.acdc, args.labelled_patients, args.encoder, args.np, args.in_plane_spacing)
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
