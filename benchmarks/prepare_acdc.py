@@ -15,11 +15,10 @@ id 27, as in nnU-Net's own ACDC instructions):
 
     python benchmarks/prepare_acdc.py --labelled-patients 7      # then: source <workspace>/env.sh
 
-``--in-plane-spacing S`` (S > 1) also plans and preprocesses a coarser copy, plans ``nnUNetPlans_sp{S}`` (nnU-Net's
-``-overwrite_target_spacing S+1 S S``, ``-overwrite_plans_name``; the slice axis must keep the largest spacing, or
-nnU-Net's planner transposes the volume and slices it along another axis; ``2d`` never resamples that axis): a network trained at S-pixel spacing costs about S**2
-less per iteration, so a CPU schedule runs several times more iterations; predictions are resampled back to the
-original grid by nnU-Net and scored there. Train on it with ``nnunet-llmseg benchmark -p nnUNetPlans_sp{S}``.
+``--in-plane-spacing S`` (S > 1) also plans and preprocesses ``2d`` at S-pixel spacing as plans ``nnUNetPlans_sp{S}``
+(``plan_coarse``): a network trained on the coarser grid costs about S**2 less per iteration, so a CPU schedule runs
+several times more iterations; nnU-Net resamples the predictions back to the original grid, where they are scored.
+Train on it with ``nnunet-llmseg benchmark -p nnUNetPlans_sp{S}``.
 
 Steps already done are skipped. The subset file holds one choice per fold: switching between 3 and 7 patients
 rewrites it (say so with ``--labelled-patients``); the benchmark refuses to reuse runs trained on the other one,
@@ -98,6 +97,25 @@ def coarse_plans_name(in_plane_spacing: float) -> str:
     return f"nnUNetPlans_sp{in_plane_spacing:g}".replace(".", "p")
 
 
+def plan_coarse(dataset_id: int, pre: Path, env: dict, in_plane_spacing: float, np_: int) -> str:
+    """Plan and preprocess ``2d`` at ``in_plane_spacing`` pixels as plans ``nnUNetPlans_sp{S}``; returns its name.
+
+    The slice axis (axis 0, ~10 slices) gets the largest target spacing, S + 1: nnU-Net's planner puts the axis of
+    largest target spacing first, and with ``1 S S`` it would make an in-plane axis the slice axis (its ``2d``
+    would cut the volumes along the wrong axis). ``2d`` keeps the original spacing of the slice axis anyway.
+    """
+    if in_plane_spacing < 1.0:
+        raise PrepareError(f"--in-plane-spacing {in_plane_spacing}: must be at least 1 (pixels)")
+    name = coarse_plans_name(in_plane_spacing)
+    if not (pre / f"{name}.json").is_file():
+        run(["nnUNetv2_plan_experiment", "-d", str(dataset_id), "-overwrite_target_spacing", str(in_plane_spacing + 1),
+             str(in_plane_spacing), str(in_plane_spacing), "-overwrite_plans_name", name], env)
+    if not (pre / f"{name}_{CONFIGURATION}").is_dir():
+        run(["nnUNetv2_preprocess", "-d", str(dataset_id), "-plans_name", name, "-c", CONFIGURATION,
+             "-np", str(np_)], env)
+    return name
+
+
 def prepare(workspace: Path, acdc: Path, labelled_patients: int, encoder: str, np_: int,
             in_plane_spacing: float = 1.0) -> dict:
     workspace = workspace.resolve()
@@ -120,13 +138,7 @@ def prepare(workspace: Path, acdc: Path, labelled_patients: int, encoder: str, n
         run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", str(np_),
              "--verify_dataset_integrity"], env)
     if in_plane_spacing != 1.0:
-        name = coarse_plans_name(in_plane_spacing)
-        if not (pre / f"{name}.json").is_file():
-            run(["nnUNetv2_plan_experiment", "-d", str(DATASET_ID), "-overwrite_target_spacing",
-                 str(in_plane_spacing + 1), str(in_plane_spacing), str(in_plane_spacing), "-overwrite_plans_name", name], env)
-        if not (pre / f"{name}_{CONFIGURATION}").is_dir():
-            run(["nnUNetv2_preprocess", "-d", str(DATASET_ID), "-plans_name", name, "-c", CONFIGURATION,
-                 "-np", str(np_)], env)
+        plan_coarse(DATASET_ID, pre, env, in_plane_spacing, np_)
     write_splits(pre, split)
     if not (pre / "text_priors.safetensors").is_file():
         run([sys.executable, "-m", "prior_generation", "-d", str(DATASET_ID), "--llm", "offline", "--encoder", encoder],
@@ -161,8 +173,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ACDC not found at {args.acdc}", file=sys.stderr)
         return 2
     try:
-        if args.in_plane_spacing < 1.0:
-            raise PrepareError(f"--in-plane-spacing {args.in_plane_spacing}: must be at least 1 (pixels)")
         prepare(args.workspace, args.acdc, args.labelled_patients, args.encoder, args.np, args.in_plane_spacing)
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -407,6 +407,31 @@ def test_acdc_ssl4mis_split_becomes_fold_0(tmp_path):
         prepare_acdc.write_splits(pre, split)
 
 
+def test_coarse_acdc_plans_keep_the_slice_axis_and_preprocess(tiny_dataset):
+    """``prepare_acdc.plan_coarse`` through the real nnU-Net planner: 2d at 2 units in-plane, axis 0 still sliced."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import prepare_acdc
+
+    _name, _raw, pre = copy_dataset(tiny_dataset, 917, "Coarse")
+    env = tiny_dataset.env.environ()
+    default = json.loads((pre / "nnUNetPlans.json").read_text())
+    with pytest.raises(prepare_acdc.PrepareError, match=r"--in-plane-spacing 0\.5"):
+        prepare_acdc.plan_coarse(917, pre, env, 0.5, 1)
+    plans_name = prepare_acdc.plan_coarse(917, pre, env, 2.0, 1)
+    assert plans_name == "nnUNetPlans_sp2" and prepare_acdc.coarse_plans_name(1.5) == "nnUNetPlans_sp1p5"
+    plans = json.loads((pre / f"{plans_name}.json").read_text())
+    assert plans["transpose_forward"] == default["transpose_forward"]  # 1 2 2 would have swapped axes 0 and 1
+    config = plans["configurations"]["2d"]
+    assert config["spacing"] == [2.0, 2.0]
+    planned = default["configurations"]["3d_fullres"]["spacing"]
+    assert planned[1:] == [1.0, 1.0]  # the tiny cases have unit spacing, like ACDC
+    # the coarse grid: half the in-plane size of the default plans' median shape
+    assert config["median_image_size_in_voxels"] == pytest.approx(
+        [s / 2 for s in default["configurations"]["3d_fullres"]["median_image_size_in_voxels"][1:]], abs=1)
+    arrays = sorted((pre / f"{plans_name}_2d").glob("*.b2nd")) or sorted((pre / f"{plans_name}_2d").glob("*.np*"))
+    assert arrays, f"nothing preprocessed in {pre / f'{plans_name}_2d'}"
+
+
 def _pairing_file(path: Path, rows: dict[str, tuple[list[float], list[float] | None]]) -> Path:
     """A results.json with the fields pair_runs.py reads: per-case Dice raw and after the largest-component rule."""
     out = []
