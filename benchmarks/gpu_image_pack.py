@@ -79,18 +79,19 @@ def _decode(record: dict, payload: bytes) -> bytes:
     return payload[:h] + v.astype("<f4").tobytes()
 
 
-def _compressed_size(payload: bytes) -> int:
-    return len(lzma.compress(payload, format=lzma.FORMAT_XZ, filters=_XZ))
+def _xz(payload: bytes) -> bytes:
+    return lzma.compress(payload, format=lzma.FORMAT_XZ, filters=_XZ)
 
 
 def _payload_size(record: dict) -> int:
     return record["n"] if record["kind"] == "bytes" else record["header"] + 2 * record["voxels"]
 
 
-def _write_shard(path: Path, records: list[dict], payloads: list[bytes]) -> int:
+def _write_shard(path: Path, records: list[dict], compressed: list[bytes]) -> int:
+    """One xz stream for the index, then each file's own stream: ``lzma.decompress`` reads concatenated streams
+    as one, so the shard decompresses to ``index + payloads`` and every file is compressed exactly once."""
     index = json.dumps(records).encode()
-    blob = struct.pack("<Q", len(index)) + index + b"".join(payloads)
-    data = lzma.compress(blob, format=lzma.FORMAT_XZ, filters=_XZ)
+    data = _xz(struct.pack("<Q", len(index)) + index) + b"".join(compressed)
     path.write_bytes(data)
     return len(data)
 
@@ -100,24 +101,23 @@ def pack(images: Path, prefix: Path, first_mb: float, mb: float) -> list[Path]:
     files = sorted(p for p in images.iterdir() if p.name.endswith((".nii", ".nii.gz")))
     with ProcessPoolExecutor(2) as pool:
         encoded = list(pool.map(_encode, files))
-        # compressed size per file, from one compression each, to cut the shards
-        sizes = list(pool.map(_compressed_size, [p for _, p in encoded]))
+        compressed = list(pool.map(_xz, [p for _, p in encoded]))  # each file once; shards are cut on these sizes
     shards, current, budget, total = [], [], first_mb * 1e6 * 0.97, 0
-    for item, size in zip(encoded, sizes):
-        if current and total + size > budget:
+    for (record, _), data in zip(encoded, compressed):
+        if current and total + len(data) > budget:
             shards.append(current)
             current, budget, total = [], mb * 1e6 * 0.97, 0
-        current.append(item)
-        total += size
+        current.append((record, data))
+        total += len(data)
     shards.append(current)
     out = []
     for i, shard in enumerate(shards, 1):
         path = prefix.with_name(f"{prefix.name}.{i}.xz")
         size = _write_shard(path, [r for r, _ in shard], [p for _, p in shard])
         limit = (first_mb if i == 1 else mb) * 1e6
-        print(f"{path}: {len(shard)} images, {size / 1e6:.1f} MB (limit {limit / 1e6:.0f})")
+        print(f"{path}: {len(shard)} images, {size / 1e6:.1f} MB (limit {limit / 1e6:g})")
         if size > limit:
-            raise SystemExit(f"{path} is {size / 1e6:.1f} MB, over its {limit / 1e6:.0f} MB: lower --first-mb/--mb")
+            raise SystemExit(f"{path} is {size / 1e6:.1f} MB, over its {limit / 1e6:g} MB: lower --first-mb/--mb")
         out.append(path)
     kinds = [r["kind"] for r, _ in encoded]
     print(f"{len(files)} images: {kinds.count('uint16')} as uint16, {kinds.count('bytes')} as bytes")

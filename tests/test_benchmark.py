@@ -3,6 +3,7 @@ benchmark (interrupted, continued with ``--c``, then reused) through the real ``
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -430,6 +431,30 @@ def test_coarse_acdc_plans_keep_the_slice_axis_and_preprocess(tiny_dataset):
         [s / 2 for s in default["configurations"]["3d_fullres"]["median_image_size_in_voxels"][1:]], abs=1)
     arrays = sorted((pre / f"{plans_name}_2d").glob("*.b2nd")) or sorted((pre / f"{plans_name}_2d").glob("*.np*"))
     assert arrays, f"nothing preprocessed in {pre / f'{plans_name}_2d'}"
+
+
+def test_gpu_image_pack_round_trips_byte_for_byte_in_size_capped_shards(tmp_path):
+    """What carries ACDC to a GPU machine: min-max normalised volumes as uint16 planes, others as bytes."""
+    import SimpleITK as sitk
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import gpu_image_pack
+
+    rng = np.random.default_rng(3)
+    images = tmp_path / "in"
+    images.mkdir()
+    for i in range(4):  # integers over one number per volume, as the SSL4MIS copy stores them
+        x = rng.integers(0, 900, size=(6, 40, 36))
+        sitk.WriteImage(sitk.GetImageFromArray((x / x.max()).astype(np.float32)), str(images / f"v{i}_0000.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(rng.normal(size=(6, 40, 36)).astype(np.float32)),
+                    str(images / "noise_0000.nii.gz"))  # no such form: stored as its bytes
+    shards = gpu_image_pack.pack(images, tmp_path / "pack", first_mb=0.04, mb=0.08)
+    assert len(shards) >= 2 and all(p.stat().st_size <= (0.04 if i == 0 else 0.08) * 1e6 for i, p in enumerate(shards))
+    assert gpu_image_pack.unpack(tmp_path / "out", shards) == 5
+    for f in sorted(images.iterdir()):
+        assert gzip.decompress((tmp_path / "out" / f.name).read_bytes()) == gzip.decompress(f.read_bytes()), f.name
+    with pytest.raises(SystemExit, match=r"over its 0\.001 MB"):
+        gpu_image_pack.pack(images, tmp_path / "tiny", first_mb=0.001, mb=0.06)
 
 
 def _pairing_file(path: Path, rows: dict[str, tuple[list[float], list[float] | None]]) -> Path:
