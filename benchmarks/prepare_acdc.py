@@ -94,6 +94,8 @@ def write_splits(pre: Path, split: dict[str, list[str]]) -> None:
 
 def coarse_plans_name(in_plane_spacing: float) -> str:
     """Plans identifier of the copy planned at ``in_plane_spacing`` pixels (``nnUNetPlans_sp2`` for 2)."""
+    if in_plane_spacing < 1.0:
+        raise PrepareError(f"--in-plane-spacing {in_plane_spacing}: must be at least 1 (pixels)")
     return f"nnUNetPlans_sp{in_plane_spacing:g}".replace(".", "p")
 
 
@@ -104,8 +106,6 @@ def plan_coarse(dataset_id: int, pre: Path, env: dict, in_plane_spacing: float, 
     largest target spacing first, and with ``1 S S`` it would make an in-plane axis the slice axis (its ``2d``
     would cut the volumes along the wrong axis). ``2d`` keeps the original spacing of the slice axis anyway.
     """
-    if in_plane_spacing < 1.0:
-        raise PrepareError(f"--in-plane-spacing {in_plane_spacing}: must be at least 1 (pixels)")
     name = coarse_plans_name(in_plane_spacing)
     if not (pre / f"{name}.json").is_file():
         run(["nnUNetv2_plan_experiment", "-d", str(dataset_id), "-overwrite_target_spacing", str(in_plane_spacing + 1),
@@ -118,6 +118,8 @@ def plan_coarse(dataset_id: int, pre: Path, env: dict, in_plane_spacing: float, 
 
 def prepare(workspace: Path, acdc: Path, labelled_patients: int, encoder: str, np_: int,
             in_plane_spacing: float = 1.0) -> dict:
+    if in_plane_spacing != 1.0:
+        coarse_plans_name(in_plane_spacing)  # refuses a bad spacing before minutes of planning
     workspace = workspace.resolve()
     env = workspace_env(workspace)
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
