@@ -234,6 +234,31 @@ def test_tak_without_unlabelled_gives_no_unlabelled_voxel_a_label(semi):
     assert float(out["sup_loss"]) != 0.0
 
 
+def test_co_training_without_cutmix_shows_both_networks_the_plain_crops(semi):
+    """``_noMix`` (``mixed_view = "none"``): no box is pasted, so both networks' unlabelled input is the
+    unlabelled batch itself, in one forward (no separate teacher pass), and the peers still teach each other."""
+    trainer = build_trainer("nnUNetTrainerCoTraining_noMix", semi["name"], semi["pre"])
+    trainer.initialize()
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    seen = []
+    hook = trainer.network.register_forward_hook(lambda _m, args, _out: seen.append([a.detach() for a in args]))
+    try:
+        trainer.on_train_epoch_start()
+        trainer.current_epoch = trainer.num_epochs - 1  # ramp-up done
+        batch = next(trainer.dataloader_train)
+        out = trainer.train_step(batch)
+    finally:
+        hook.remove()
+        trainer.dataloader_train._finish()
+    assert len(seen) == 1, "no-mix needs no separate forward of the unmixed crops"
+    n_l = batch["data"].shape[0]
+    x_a, x_b = seen[0]
+    torch.testing.assert_close(x_a[n_l:], batch["data_u"])
+    torch.testing.assert_close(x_b[n_l:], batch["data_u"])
+    torch.testing.assert_close(x_a[:n_l], batch["data"])
+    assert float(out["unsup_weight"]) > 0.9 and float(out["unsup_loss"]) > 0.0
+
+
 # ---- priors ---------------------------------------------------------------------------------------------------
 
 def test_trainers_refuse_missing_or_mismatched_priors(tiny_dataset, semi):

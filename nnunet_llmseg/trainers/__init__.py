@@ -12,6 +12,8 @@ from nnunet_llmseg.trainers.semi_supervised import (
 )
 from nnunet_llmseg.trainers.tak import nnUNetTrainerTAK
 from nnunet_llmseg.trainers.variants import (
+    nnUNetTrainerCoTraining_noMix,
+    nnUNetTrainerLLMSeg_noMix,
     nnUNetTrainerLLMSeg_noText,
     nnUNetTrainerLLMSeg_noUSL,
     nnUNetTrainerTAK_noBalance,
@@ -23,9 +25,11 @@ from nnunet_llmseg.trainers.variants import (
 _METHOD_TRAINERS = [
     nnUNetTrainerLabelledOnly,
     nnUNetTrainerCoTraining,
+    nnUNetTrainerCoTraining_noMix,
     nnUNetTrainerLLMSeg,
     nnUNetTrainerLLMSeg_noText,
     nnUNetTrainerLLMSeg_noUSL,
+    nnUNetTrainerLLMSeg_noMix,
     nnUNetTrainerTAK,
     nnUNetTrainerTAK_noText,
     nnUNetTrainerTAK_noContrast,

@@ -245,8 +245,9 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     use_reliability_gate: bool = True
     #: CutMix box volume as a fraction of the patch
     cutmix_volume_fraction: tuple[float, float] = (0.25, 0.5)
-    #: which networks train on the CutMix view: "both", or "b" (A on the plain crops; the first engine, where
-    #: network B alone beat labelled-only nnU-Net and A fell below it - docs/methods.md)
+    #: which networks train on the CutMix view: "both", "b" (A on the plain crops; the first engine, where
+    #: network B alone beat labelled-only nnU-Net and A fell below it - docs/methods.md), or "none" (no CutMix:
+    #: both networks see the plain crops and each is taught by its peer's output on them, CPS without mixing)
     mixed_view: str = "both"
     #: whether ``TwinNetwork`` must also return decoder features (TAK's contrastive loss needs them)
     return_features: bool = False
@@ -258,8 +259,9 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.mixed_view not in ("both", "b"):  # checked at start, not on every step
-            raise ValueError(f"{type(self).__name__}.mixed_view must be 'both' or 'b', not {self.mixed_view!r}")
+        if self.mixed_view not in ("both", "b", "none"):  # checked at start, not on every step
+            raise ValueError(f"{type(self).__name__}.mixed_view must be 'both', 'b' or 'none', "
+                             f"not {self.mixed_view!r}")
         self._iteration_in_epoch = 0
         self.unsupervised_loss: nn.Module | None = None
         # what the inference-time network build needs beyond nnU-Net's plans (copied into the model folder)
@@ -329,7 +331,10 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         x_u = batch["data_u"].to(self.device, non_blocking=True)
         n_l, n_u = x_l.shape[0], x_u.shape[0]
 
-        mask = mixing.cutmix_box_mask(n_u, tuple(x_u.shape[2:]), self.cutmix_volume_fraction, self.device)
+        if self.mixed_view == "none":  # an empty box: the "mixed" crops are the plain ones
+            mask = torch.zeros((n_u, 1, *x_u.shape[2:]), dtype=torch.bool, device=self.device)
+        else:
+            mask = mixing.cutmix_box_mask(n_u, tuple(x_u.shape[2:]), self.cutmix_volume_fraction, self.device)
         partner = mixing.partner_indices(n_u, n_u + n_l).to(self.device)
         cutmix = mixing.CutMixBatch(mask, partner)
         x_mix = cutmix.mixed(x_u, x_l)

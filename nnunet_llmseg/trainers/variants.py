@@ -7,13 +7,28 @@ from torch import nn
 
 from nnunet_llmseg.losses.cps import CrossPseudoSupervisionLoss
 from nnunet_llmseg.trainers.llmseg import nnUNetTrainerLLMSeg
+from nnunet_llmseg.trainers.semi_supervised import nnUNetTrainerCoTraining
 from nnunet_llmseg.trainers.tak import nnUNetTrainerTAK
+
+
+class nnUNetTrainerCoTraining_noMix(nnUNetTrainerCoTraining):
+    """Plain co-training without CutMix: both networks see the plain unlabelled crops (nnU-Net's augmentation
+    only), each taught by its peer's output on them. Isolates what the mixing does (docs/methods.md, the
+    stray components at 7 labelled ACDC patients)."""
+
+    mixed_view = "none"
 
 
 class nnUNetTrainerLLMSeg_noText(nnUNetTrainerLLMSeg):
     """LLM-SegNet without the text-fusion block (co-training + USL only); needs no priors."""
 
     use_text = False
+
+
+class nnUNetTrainerLLMSeg_noMix(nnUNetTrainerLLMSeg):
+    """LLM-SegNet without CutMix: both networks see the plain unlabelled crops (see ``CoTraining_noMix``)."""
+
+    mixed_view = "none"
 
 
 class nnUNetTrainerLLMSeg_noUSL(nnUNetTrainerLLMSeg):
