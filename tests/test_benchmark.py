@@ -495,6 +495,34 @@ def test_pair_runs_pairs_raw_or_largest_component_scores(tmp_path, capsys):
         pair_runs.main([str(first), str(second), "--score", "largest_component", "--pairs", "tak:old"])
 
 
+def test_stray_components_counts_what_the_largest_component_rule_removes(tmp_path, capsys):
+    """Two blobs of class 1 (the smaller one on background), one of class 2: only the small class-1 blob is stray."""
+    import SimpleITK as sitk
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import stray_components
+
+    pred = np.zeros((4, 12, 12), dtype=np.uint8)
+    pred[1:3, 1:5, 1:5] = 1  # 32 voxels, the largest class-1 component
+    pred[1, 9:11, 9:11] = 1  # 4 voxels, not touching it: stray
+    pred[1:3, 6:8, 1:3] = 2  # one class-2 component: nothing stray
+    ref = np.zeros_like(pred)
+    ref[1:3, 1:5, 1:5] = 1
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(pred), str(tmp_path / "pred" / "case.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(ref), str(tmp_path / "ref" / "case.nii.gz"))
+    stray_components.main([f"run={tmp_path / 'pred'}", "--labels", str(tmp_path / "ref"), "--classes", "1", "2"])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in capsys.readouterr().out.splitlines()[2:]]
+    by_class = {r[1]: r for r in rows}
+    assert by_class["1"][2:4] == ["4", "1"] and float(by_class["1"][4]) == pytest.approx(4 / 36, abs=1e-3)
+    assert float(by_class["1"][5]) == 1.0  # the stray blob lies on reference background
+    assert by_class["2"][2:4] == ["0", "0"] and by_class["all"][2] == "4"
+    (tmp_path / "ref" / "case.nii.gz").unlink()
+    with pytest.raises(SystemExit, match="no reference"):
+        stray_components.main([f"run={tmp_path / 'pred'}", "--labels", str(tmp_path / "ref")])
+
+
 # ----------------------------------------------------------------------------------------------- real benchmark
 
 

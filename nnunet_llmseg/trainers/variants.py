@@ -13,8 +13,8 @@ from nnunet_llmseg.trainers.tak import nnUNetTrainerTAK
 
 class nnUNetTrainerCoTraining_noMix(nnUNetTrainerCoTraining):
     """Plain co-training without CutMix: both networks see the plain unlabelled crops (nnU-Net's augmentation
-    only), each taught by its peer's output on them. Isolates what the mixing does (docs/methods.md, the
-    stray components at 7 labelled ACDC patients)."""
+    only), each taught by its peer's output on them. Isolates what the mixing does: on ACDC (3 labelled patients)
+    it lost all of co-training's gain (docs/methods.md, "Co-training engine")."""
 
     mixed_view = "none"
 
