@@ -133,6 +133,23 @@ def test_galoss_gives_every_present_class_equal_say():
     assert loss.item() == pytest.approx((ce_big + ce_small) / 2, rel=1e-5)
 
 
+# ---- the strong intensity view ---------------------------------------------------------------------------------
+
+def test_strong_intensity_view_changes_intensities_and_moves_nothing():
+    from nnunet_llmseg.data.intensity import strong_intensity_view
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 1, 5, 7, 9, generator=g)
+    y = strong_intensity_view(x, p_contrast=1.0, p_brightness=1.0, p_gamma=1.0, p_noise=0.0, generator=g)
+    assert y.shape == x.shape and bool(torch.isfinite(y).all())
+    for i in range(x.shape[0]):
+        assert not torch.allclose(y[i], x[i])
+        # contrast, brightness and gamma are increasing maps of each sample: the voxels' order is unchanged
+        assert torch.equal(torch.argsort(x[i].flatten()), torch.argsort(y[i].flatten()))
+    z = strong_intensity_view(x, p_contrast=0.0, p_brightness=0.0, p_gamma=0.0, p_noise=0.0, generator=g)
+    torch.testing.assert_close(z, x)  # every part off: the crops unchanged
+
+
 # ---- the co-training engine's CutMix frame ------------------------------------------------------------------
 
 def _cutmix_case(seed: int = 0):

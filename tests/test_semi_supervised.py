@@ -259,6 +259,33 @@ def test_co_training_without_cutmix_shows_both_networks_the_plain_crops(semi):
     assert float(out["unsup_weight"]) > 0.9 and float(out["unsup_loss"]) > 0.0
 
 
+def test_co_training_with_the_intensity_view_teaches_students_on_it_from_the_plain_crops(semi):
+    """``_intensityView``: the teachers' forward sees the plain unlabelled crops, the students' forward the same
+    crops with perturbed intensities (the same view for both networks, nothing pasted), labelled crops unchanged."""
+    trainer = build_trainer("nnUNetTrainerCoTraining_intensityView", semi["name"], semi["pre"])
+    trainer.initialize()
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    seen = []
+    hook = trainer.network.register_forward_hook(lambda _m, args, _out: seen.append([a.detach() for a in args]))
+    try:
+        trainer.on_train_epoch_start()
+        trainer.current_epoch = trainer.num_epochs - 1  # ramp-up done
+        batch = next(trainer.dataloader_train)
+        out = trainer.train_step(batch)
+    finally:
+        hook.remove()
+        trainer.dataloader_train._finish()
+    assert len(seen) == 2, "one forward for the teachers, one for the students"
+    (t_a, t_b), (s_a, s_b) = seen
+    n_l = batch["data"].shape[0]
+    torch.testing.assert_close(t_a, batch["data_u"])
+    torch.testing.assert_close(t_b, batch["data_u"])
+    torch.testing.assert_close(s_a[:n_l], batch["data"])
+    torch.testing.assert_close(s_a[n_l:], s_b[n_l:])
+    assert not torch.allclose(s_a[n_l:], batch["data_u"])
+    assert float(out["unsup_weight"]) > 0.9 and float(out["unsup_loss"]) > 0.0
+
+
 # ---- priors ---------------------------------------------------------------------------------------------------
 
 def test_trainers_refuse_missing_or_mismatched_priors(tiny_dataset, semi):

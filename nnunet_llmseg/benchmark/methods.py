@@ -22,6 +22,7 @@ METHOD_ALIASES: dict[str, str] = {
     "all_labels": "nnUNetTrainer",
     "cotraining": "nnUNetTrainerCoTraining",
     "cotraining_nomix": "nnUNetTrainerCoTraining_noMix",
+    "cotraining_intensity": "nnUNetTrainerCoTraining_intensityView",
     "llmseg_notext": "nnUNetTrainerLLMSeg_noText",
     "llmseg_nousl": "nnUNetTrainerLLMSeg_noUSL",
     "llmseg_nomix": "nnUNetTrainerLLMSeg_noMix",

@@ -12,6 +12,7 @@ from nnunet_llmseg.trainers.semi_supervised import (
 )
 from nnunet_llmseg.trainers.tak import nnUNetTrainerTAK
 from nnunet_llmseg.trainers.variants import (
+    nnUNetTrainerCoTraining_intensityView,
     nnUNetTrainerCoTraining_noMix,
     nnUNetTrainerLLMSeg_noMix,
     nnUNetTrainerLLMSeg_noText,
@@ -26,6 +27,7 @@ _METHOD_TRAINERS = [
     nnUNetTrainerLabelledOnly,
     nnUNetTrainerCoTraining,
     nnUNetTrainerCoTraining_noMix,
+    nnUNetTrainerCoTraining_intensityView,
     nnUNetTrainerLLMSeg,
     nnUNetTrainerLLMSeg_noText,
     nnUNetTrainerLLMSeg_noUSL,

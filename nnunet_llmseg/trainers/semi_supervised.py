@@ -27,6 +27,7 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 
 from nnunet_llmseg.data import mixing
+from nnunet_llmseg.data.intensity import strong_intensity_view
 from nnunet_llmseg.data.labelled_subset import load_labelled_subset, split_training_keys
 from nnunet_llmseg.data.unlabeled_loader import (
     UnlabeledDataLoader,
@@ -247,7 +248,9 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     cutmix_volume_fraction: tuple[float, float] = (0.25, 0.5)
     #: which networks train on the CutMix view: "both", "b" (A on the plain crops; the first engine, where
     #: network B alone beat labelled-only nnU-Net and A fell below it - docs/methods.md), or "none" (no CutMix:
-    #: both networks see the plain crops and each is taught by its peer's output on them, CPS without mixing)
+    #: both networks see the plain crops and each is taught by its peer's output on them, CPS without mixing), or
+    #: "intensity" (no box: both students see a strong intensity view of the crops, ``data/intensity.py``, taught
+    #: by their peer's prediction on the plain crops)
     mixed_view: str = "both"
     #: whether ``TwinNetwork`` must also return decoder features (TAK's contrastive loss needs them)
     return_features: bool = False
@@ -259,8 +262,8 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.mixed_view not in ("both", "b", "none"):  # checked at start, not on every step
-            raise ValueError(f"{type(self).__name__}.mixed_view must be 'both', 'b' or 'none', "
+        if self.mixed_view not in ("both", "b", "none", "intensity"):  # checked at start, not on every step
+            raise ValueError(f"{type(self).__name__}.mixed_view must be 'both', 'b', 'none' or 'intensity', "
                              f"not {self.mixed_view!r}")
         self._iteration_in_epoch = 0
         self.unsupervised_loss: nn.Module | None = None
@@ -331,21 +334,21 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         x_u = batch["data_u"].to(self.device, non_blocking=True)
         n_l, n_u = x_l.shape[0], x_u.shape[0]
 
-        if self.mixed_view == "none":  # an empty box: the "mixed" crops are the plain ones
+        if self.mixed_view in ("none", "intensity"):  # an empty box: nothing is pasted
             mask = torch.zeros((n_u, 1, *x_u.shape[2:]), dtype=torch.bool, device=self.device)
         else:
             mask = mixing.cutmix_box_mask(n_u, tuple(x_u.shape[2:]), self.cutmix_volume_fraction, self.device)
         partner = mixing.partner_indices(n_u, n_u + n_l).to(self.device)
         cutmix = mixing.CutMixBatch(mask, partner)
-        x_mix = cutmix.mixed(x_u, x_l)
-        if self.mixed_view == "both":
+        x_mix = strong_intensity_view(x_u) if self.mixed_view == "intensity" else cutmix.mixed(x_u, x_l)
+        if self.mixed_view in ("both", "intensity"):
             with torch.no_grad(), self._autocast():  # the teachers' view: predictions on the unmixed crops
                 plain_a, plain_b = unwrap(self.network)(x_u, x_u)
             cutmix.plain = (_full_res(plain_a).detach(), _full_res(plain_b).detach())
 
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            out_a, out_b = self.network(torch.cat((x_l, x_mix if self.mixed_view == "both" else x_u)),
+            out_a, out_b = self.network(torch.cat((x_l, x_u if self.mixed_view == "b" else x_mix)),
                                         torch.cat((x_l, x_mix)), return_features=self.return_features)
             losses = self.compute_losses(out_a, out_b, y_l, n_l, n_u, cutmix)
         self._backward_and_step(losses["loss"])

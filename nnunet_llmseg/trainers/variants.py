@@ -19,6 +19,14 @@ class nnUNetTrainerCoTraining_noMix(nnUNetTrainerCoTraining):
     mixed_view = "none"
 
 
+class nnUNetTrainerCoTraining_intensityView(nnUNetTrainerCoTraining):
+    """Plain co-training with a strong intensity view in place of CutMix: the students see the crops with their
+    intensities perturbed (nothing moved or cut, ``data/intensity.py``), the teachers the plain crops. Asks whether
+    the gain CutMix gives needs its boxes, which also break the anatomy's context (docs/methods.md)."""
+
+    mixed_view = "intensity"
+
+
 class nnUNetTrainerLLMSeg_noText(nnUNetTrainerLLMSeg):
     """LLM-SegNet without the text-fusion block (co-training + USL only); needs no priors."""
 
