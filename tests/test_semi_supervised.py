@@ -234,10 +234,9 @@ def test_tak_without_unlabelled_gives_no_unlabelled_voxel_a_label(semi):
     assert float(out["sup_loss"]) != 0.0
 
 
-def test_co_training_without_cutmix_shows_both_networks_the_plain_crops(semi):
-    """``_noMix`` (``mixed_view = "none"``): no box is pasted, so both networks' unlabelled input is the
-    unlabelled batch itself, in one forward (no separate teacher pass), and the peers still teach each other."""
-    trainer = build_trainer("nnUNetTrainerCoTraining_noMix", semi["name"], semi["pre"])
+def _one_step_with_network_inputs(semi, trainer_name: str) -> tuple[dict, dict, list[list[torch.Tensor]]]:
+    """One ``train_step`` after the ramp-up, with the inputs of every forward of the twin networks recorded."""
+    trainer = build_trainer(trainer_name, semi["name"], semi["pre"])
     trainer.initialize()
     trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
     seen = []
@@ -250,31 +249,26 @@ def test_co_training_without_cutmix_shows_both_networks_the_plain_crops(semi):
     finally:
         hook.remove()
         trainer.dataloader_train._finish()
+    assert float(out["unsup_weight"]) > 0.9 and float(out["unsup_loss"]) > 0.0  # the peers still teach
+    return batch, out, seen
+
+
+def test_co_training_without_cutmix_shows_both_networks_the_plain_crops(semi):
+    """``_noMix`` (``mixed_view = "none"``): no box is pasted, so both networks' unlabelled input is the
+    unlabelled batch itself, in one forward (no separate teacher pass)."""
+    batch, _out, seen = _one_step_with_network_inputs(semi, "nnUNetTrainerCoTraining_noMix")
     assert len(seen) == 1, "no-mix needs no separate forward of the unmixed crops"
     n_l = batch["data"].shape[0]
     x_a, x_b = seen[0]
     torch.testing.assert_close(x_a[n_l:], batch["data_u"])
     torch.testing.assert_close(x_b[n_l:], batch["data_u"])
     torch.testing.assert_close(x_a[:n_l], batch["data"])
-    assert float(out["unsup_weight"]) > 0.9 and float(out["unsup_loss"]) > 0.0
 
 
 def test_co_training_with_the_intensity_view_teaches_students_on_it_from_the_plain_crops(semi):
     """``_intensityView``: the teachers' forward sees the plain unlabelled crops, the students' forward the same
     crops with perturbed intensities (the same view for both networks, nothing pasted), labelled crops unchanged."""
-    trainer = build_trainer("nnUNetTrainerCoTraining_intensityView", semi["name"], semi["pre"])
-    trainer.initialize()
-    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
-    seen = []
-    hook = trainer.network.register_forward_hook(lambda _m, args, _out: seen.append([a.detach() for a in args]))
-    try:
-        trainer.on_train_epoch_start()
-        trainer.current_epoch = trainer.num_epochs - 1  # ramp-up done
-        batch = next(trainer.dataloader_train)
-        out = trainer.train_step(batch)
-    finally:
-        hook.remove()
-        trainer.dataloader_train._finish()
+    batch, _out, seen = _one_step_with_network_inputs(semi, "nnUNetTrainerCoTraining_intensityView")
     assert len(seen) == 2, "one forward for the teachers, one for the students"
     (t_a, t_b), (s_a, s_b) = seen
     n_l = batch["data"].shape[0]
@@ -283,7 +277,6 @@ def test_co_training_with_the_intensity_view_teaches_students_on_it_from_the_pla
     torch.testing.assert_close(s_a[:n_l], batch["data"])
     torch.testing.assert_close(s_a[n_l:], s_b[n_l:])
     assert not torch.allclose(s_a[n_l:], batch["data_u"])
-    assert float(out["unsup_weight"]) > 0.9 and float(out["unsup_loss"]) > 0.0
 
 
 # ---- priors ---------------------------------------------------------------------------------------------------
