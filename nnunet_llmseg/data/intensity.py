@@ -46,5 +46,7 @@ def strong_intensity_view(x: torch.Tensor, contrast: tuple[float, float] = (0.6,
     gam = ((out - lo) / span).clamp(0, 1) ** g * span + lo
     out = torch.where(_applied(out, p_gamma, generator), gam, out)
     sd = _per_sample(out, *noise_std, generator)
-    noise = torch.randn(out.shape, generator=generator).to(out.device, out.dtype) * sd
+    noise = torch.randn_like(out) if generator is None else \
+        torch.randn(out.shape, generator=generator).to(out.device, out.dtype)  # seeded on the CPU (tests)
+    noise = noise * sd
     return torch.where(_applied(out, p_noise, generator), out + noise, out)
