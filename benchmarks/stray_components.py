@@ -8,8 +8,8 @@ can be judged by the count and not only through Dice:
     python benchmarks/stray_components.py --labels RAW/labelsTr \\
         cotraining=RESULTS/.../fold_0/validation nomix=RESULTS2/.../fold_0/validation
 
-For every prediction (``.nii.gz``) and foreground label it keeps the largest connected component (full
-connectivity, as nnU-Net's ``remove_all_but_largest_component``) and counts the rest: voxels, components, and the
+For every prediction (``.nii.gz``) and foreground label it keeps the largest connected component (as nnU-Net's
+``remove_all_but_largest_component`` does) and counts the rest: voxels, components, and the
 share of those voxels that are background in the reference. Prints one markdown table.
 """
 
@@ -20,20 +20,22 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
+from acvl_utils.morphology.morphology_helper import label_with_component_sizes
 
 
 def stray_counts(pred: np.ndarray, labels: list[int]) -> dict[int, tuple[np.ndarray, int]]:
-    """Per label: a mask of its voxels outside its largest connected component, and how many components that is."""
+    """Per label: a mask of its voxels the rule removes, and how many components that is.
+
+    Labelled with ``acvl_utils``' ``label_with_component_sizes``, which nnU-Net's
+    ``remove_all_but_largest_component`` uses (default connectivity), and keeping every component of the largest
+    size as that rule does, so the count is what the benchmark's largest-component rule takes away.
+    """
     out = {}
-    structure = ndimage.generate_binary_structure(pred.ndim, pred.ndim)
     for c in labels:
-        comp, n = ndimage.label(pred == c, structure=structure)
-        if n <= 1:
-            out[c] = (np.zeros(pred.shape, dtype=bool), 0)
-            continue
-        sizes = np.bincount(comp.ravel())[1:]
-        out[c] = ((comp > 0) & (comp != int(np.argmax(sizes)) + 1), n - 1)
+        comp, sizes = label_with_component_sizes(pred == c)
+        largest = max(sizes.values(), default=0)
+        removed = [i for i, size in sizes.items() if size < largest]
+        out[c] = (np.isin(comp, removed), len(removed))
     return out
 
 

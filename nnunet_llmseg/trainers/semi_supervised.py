@@ -246,11 +246,11 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     use_reliability_gate: bool = True
     #: CutMix box volume as a fraction of the patch
     cutmix_volume_fraction: tuple[float, float] = (0.25, 0.5)
-    #: which networks train on the CutMix view: "both", "b" (A on the plain crops; the first engine, where
-    #: network B alone beat labelled-only nnU-Net and A fell below it - docs/methods.md), or "none" (no CutMix:
-    #: both networks see the plain crops and each is taught by its peer's output on them, CPS without mixing), or
-    #: "intensity" (no box: both students see a strong intensity view of the crops, ``data/intensity.py``, taught
-    #: by their peer's prediction on the plain crops)
+    #: the students' view of the unlabelled crops: CutMix for "both" networks, or for network "b" only (A on the
+    #: plain crops; the first engine, where network B alone beat labelled-only nnU-Net and A fell below it -
+    #: docs/methods.md), "none" (no CutMix: both networks see the plain crops and each is taught by its peer's output
+    #: on them, CPS without mixing), or "intensity" (no box: both students see a strong intensity view of the crops,
+    #: ``data/intensity.py``, taught by their peer's prediction on the plain crops)
     mixed_view: str = "both"
     #: whether ``TwinNetwork`` must also return decoder features (TAK's contrastive loss needs them)
     return_features: bool = False
