@@ -646,3 +646,37 @@ def test_benchmark_refuses_runs_of_another_subset_and_bad_options(bench, tmp_pat
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_error_location_splits_errors_by_kind_and_distance(tmp_path, capsys):
+    """A synthetic case with one error of each kind at known distances (spacing 2 mm in-plane)."""
+    import SimpleITK as sitk
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import error_location
+
+    ref = np.zeros((3, 20, 20), dtype=np.uint8)
+    ref[1, 5:9, 5:9] = 1  # 16 voxels of class 1 on the middle slice only
+    pred = ref.copy()
+    pred[1, 5, 5] = 0  # missed
+    pred[1, 5, 6] = 2  # confused
+    pred[1, 5, 10] = 1  # 2 voxels right of the organ: 4 mm, near
+    pred[1, 15, 15] = 1  # about 9.9 voxels away: ~20 mm, far
+    pred[0, 0:2, 0] = 1  # 2 voxels on a slice without reference foreground
+    counts = error_location.error_voxels(pred, ref, (2.0, 2.0), margin_mm=10.0)
+    assert counts == {"correct": 14, "missed": 1, "confused": 1, "false_near": 1, "false_far": 1,
+                      "false_off_slice": 2}
+    assert error_location.error_voxels(pred, ref, (2.0, 2.0), margin_mm=30.0)["false_far"] == 0
+
+    for d, arr in (("pred", pred), ("ref", ref)):
+        (tmp_path / d).mkdir()
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((2.0, 2.0, 10.0))
+        sitk.WriteImage(img, str(tmp_path / d / "case.nii.gz"))
+    error_location.main([f"run={tmp_path / 'pred'}", "--labels", str(tmp_path / "ref")])
+    row = [c.strip() for c in capsys.readouterr().out.splitlines()[2].strip("|").split("|")]
+    assert row == ["run", "14", "1", "1", "1", "1", "2", "4"]
+    (tmp_path / "ref" / "case.nii.gz").unlink()
+    sitk.WriteImage(sitk.GetImageFromArray(ref[:2]), str(tmp_path / "ref" / "case.nii.gz"))
+    with pytest.raises(SystemExit, match=r"case\.nii\.gz: prediction shape"):
+        error_location.main([f"run={tmp_path / 'pred'}", "--labels", str(tmp_path / "ref")])
