@@ -150,6 +150,37 @@ def test_strong_intensity_view_changes_intensities_and_moves_nothing():
     torch.testing.assert_close(z, x)  # every part off: the crops unchanged
 
 
+# ---- teacher cleaning: strays become background before they teach ----------------------------------------------
+
+def test_teacher_cleaning_turns_each_class_s_smaller_components_into_confident_background():
+    from nnunet_llmseg.losses.teacher_cleaning import CONFIDENT_LOGIT, background_outside_largest_components
+
+    hard = torch.zeros(2, 8, 8, dtype=torch.long)
+    hard[0, 1:4, 1:4] = 1  # class 1: 9 voxels, its largest component
+    hard[0, 6, 6] = 1  # class 1: one voxel apart from it (not touching, not even diagonally): stray
+    hard[0, 1:3, 6:8] = 2  # class 2: one component, kept
+    hard[1, 0:2, 0:2] = 1  # second crop: two class-1 components of equal size, both kept (as nnU-Net's rule)
+    hard[1, 5:7, 5:7] = 1
+    logits = torch.nn.functional.one_hot(hard, 3).permute(0, 3, 1, 2).float() * 3.0 + 0.1 * torch.randn(2, 3, 8, 8)
+    cleaned = background_outside_largest_components(logits)
+    stray = torch.zeros_like(hard, dtype=torch.bool)
+    stray[0, 6, 6] = True
+    torch.testing.assert_close(cleaned[:, :, ~stray[0]][:1], logits[:, :, ~stray[0]][:1])  # crop 0 elsewhere
+    torch.testing.assert_close(cleaned[1], logits[1])  # ties are kept
+    assert cleaned[0, :, 6, 6].tolist() == [CONFIDENT_LOGIT, 0.0, 0.0]
+    assert cleaned.argmax(1)[0, 6, 6] == 0 and logits.argmax(1)[0, 6, 6] == 1  # the input is not changed
+
+    # sigmoid regions: each channel on its own; a stray gets a confident "outside" in its channel only
+    regions = torch.full((1, 2, 8, 8), -2.0)
+    regions[0, 0, 0:3, 0:3] = 2.0
+    regions[0, 0, 6:8, 6:8] = 2.0  # channel 0: 9 and 4 voxels -> the 4 are stray
+    regions[0, 1, 6:8, 6:8] = 2.0  # channel 1: its only component there, kept
+    cleaned = background_outside_largest_components(regions, has_regions=True)
+    assert bool((cleaned[0, 0, 6:8, 6:8] == -CONFIDENT_LOGIT).all())
+    cleaned[0, 0, 6:8, 6:8] = regions[0, 0, 6:8, 6:8]
+    torch.testing.assert_close(cleaned, regions)
+
+
 # ---- the co-training engine's CutMix frame ------------------------------------------------------------------
 
 def _cutmix_case(seed: int = 0):

@@ -279,6 +279,39 @@ def test_co_training_with_the_intensity_view_teaches_students_on_it_from_the_pla
     assert not torch.allclose(s_a[n_l:], batch["data_u"])
 
 
+def test_co_training_with_cleaned_teachers_teaches_no_stray_component(semi):
+    """``_cleanTeacher``: what each teacher's plain prediction teaches has one component per class per crop (or
+    several of the largest size), on the real trainer; and the engine refuses the views without a teacher pass."""
+    from acvl_utils.morphology.morphology_helper import label_with_component_sizes
+
+    trainer = build_trainer("nnUNetTrainerCoTraining_cleanTeacher", semi["name"], semi["pre"])
+    trainer.initialize()
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    taught = []
+    compute_losses = trainer.compute_losses
+    trainer.compute_losses = lambda *args: taught.append(args[-1].plain) or compute_losses(*args)
+    try:
+        trainer.on_train_epoch_start()
+        trainer.current_epoch = trainer.num_epochs - 1  # ramp-up done
+        out = trainer.train_step(next(trainer.dataloader_train))
+    finally:
+        trainer.dataloader_train._finish()
+    assert float(out["unsup_loss"]) > 0.0
+    (plain_a, plain_b), = taught
+    for plain in (plain_a, plain_b):
+        hard = plain.argmax(1).cpu().numpy()
+        for n in range(hard.shape[0]):
+            for c in range(1, plain.shape[1]):
+                _, sizes = label_with_component_sizes(hard[n] == c)
+                assert len(set(sizes.values())) <= 1, f"crop {n}, class {c}: components of sizes {sizes}"
+
+    class NoTeacherPass(type(trainer)):
+        mixed_view = "none"
+
+    with pytest.raises(ValueError, match="clean_teacher_strays needs mixed_view"):
+        build_trainer("", semi["name"], semi["pre"], trainer_cls=NoTeacherPass)
+
+
 # ---- priors ---------------------------------------------------------------------------------------------------
 
 def test_trainers_refuse_missing_or_mismatched_priors(tiny_dataset, semi):

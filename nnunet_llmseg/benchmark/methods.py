@@ -23,6 +23,7 @@ METHOD_ALIASES: dict[str, str] = {
     "cotraining": "nnUNetTrainerCoTraining",
     "cotraining_nomix": "nnUNetTrainerCoTraining_noMix",
     "cotraining_intensity": "nnUNetTrainerCoTraining_intensityView",
+    "cotraining_clean": "nnUNetTrainerCoTraining_cleanTeacher",
     "llmseg_notext": "nnUNetTrainerLLMSeg_noText",
     "llmseg_nousl": "nnUNetTrainerLLMSeg_noUSL",
     "llmseg_nomix": "nnUNetTrainerLLMSeg_noMix",

@@ -12,6 +12,7 @@ from nnunet_llmseg.trainers.semi_supervised import (
 )
 from nnunet_llmseg.trainers.tak import nnUNetTrainerTAK
 from nnunet_llmseg.trainers.variants import (
+    nnUNetTrainerCoTraining_cleanTeacher,
     nnUNetTrainerCoTraining_intensityView,
     nnUNetTrainerCoTraining_noMix,
     nnUNetTrainerLLMSeg_noMix,
@@ -28,6 +29,7 @@ _METHOD_TRAINERS = [
     nnUNetTrainerCoTraining,
     nnUNetTrainerCoTraining_noMix,
     nnUNetTrainerCoTraining_intensityView,
+    nnUNetTrainerCoTraining_cleanTeacher,
     nnUNetTrainerLLMSeg,
     nnUNetTrainerLLMSeg_noText,
     nnUNetTrainerLLMSeg_noUSL,

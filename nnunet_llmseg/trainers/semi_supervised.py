@@ -40,6 +40,7 @@ from nnunet_llmseg.data.unlabeled_preprocessing import (
     unlabeled_preprocessed_folder,
 )
 from nnunet_llmseg.losses.cps import CrossPseudoSupervisionLoss
+from nnunet_llmseg.losses.teacher_cleaning import background_outside_largest_components
 from nnunet_llmseg.networks.text_unets import TwinNetwork, predict_networks_from_env
 from nnunet_llmseg.trainers.crash_safety import CrashSafeTraining
 from nnunet_llmseg.trainers.pretrained import describe, install_pretrained_hook, load_pretrained_into_twin
@@ -252,6 +253,10 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     #: on them, CPS without mixing), or "intensity" (no box: both students see a strong intensity view of the crops,
     #: ``data/intensity.py``, taught by their peer's prediction on the plain crops)
     mixed_view: str = "both"
+    #: turn each class's components outside its largest one in the teachers' predictions on the unmixed crops
+    #: into confident background before they teach (``losses/teacher_cleaning.py``); needs mixed_view "both" or
+    #: "intensity" (the views with a separate teacher forward)
+    clean_teacher_strays: bool = False
     #: whether ``TwinNetwork`` must also return decoder features (TAK's contrastive loss needs them)
     return_features: bool = False
     #: text priors the networks read (keys of ``prior_generation``'s embeddings, concatenated per class);
@@ -265,6 +270,9 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         if self.mixed_view not in ("both", "b", "none", "intensity"):  # checked at start, not on every step
             raise ValueError(f"{type(self).__name__}.mixed_view must be 'both', 'b', 'none' or 'intensity', "
                              f"not {self.mixed_view!r}")
+        if self.clean_teacher_strays and self.mixed_view not in ("both", "intensity"):
+            raise ValueError(f"{type(self).__name__}.clean_teacher_strays needs mixed_view 'both' or 'intensity' "
+                             f"(a separate teacher forward on the plain crops), not {self.mixed_view!r}")
         self._iteration_in_epoch = 0
         self.unsupervised_loss: nn.Module | None = None
         # what the inference-time network build needs beyond nnU-Net's plans (copied into the model folder)
@@ -345,6 +353,9 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
             with torch.no_grad(), self._autocast():  # the teachers' view: predictions on the unmixed crops
                 plain_a, plain_b = unwrap(self.network)(x_u, x_u)
             cutmix.plain = (_full_res(plain_a).detach(), _full_res(plain_b).detach())
+            if self.clean_teacher_strays:
+                regions = self.label_manager.has_regions
+                cutmix.plain = tuple(background_outside_largest_components(p, regions) for p in cutmix.plain)
 
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():

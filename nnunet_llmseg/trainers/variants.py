@@ -27,6 +27,14 @@ class nnUNetTrainerCoTraining_intensityView(nnUNetTrainerCoTraining):
     mixed_view = "intensity"
 
 
+class nnUNetTrainerCoTraining_cleanTeacher(nnUNetTrainerCoTraining):
+    """Plain co-training whose teachers' predictions lose each class's stray components before they teach
+    (``losses/teacher_cleaning.py``): asks whether the far false foreground co-training adds at 7 labelled ACDC
+    patients is passed between the peers, and whether stopping that keeps the gain (docs/methods.md)."""
+
+    clean_teacher_strays = True
+
+
 class nnUNetTrainerLLMSeg_noText(nnUNetTrainerLLMSeg):
     """LLM-SegNet without the text-fusion block (co-training + USL only); needs no priors."""
 
