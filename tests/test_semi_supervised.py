@@ -279,12 +279,13 @@ def test_co_training_with_the_intensity_view_teaches_students_on_it_from_the_pla
     assert not torch.allclose(s_a[n_l:], batch["data_u"])
 
 
-def test_co_training_with_cleaned_teachers_teaches_no_stray_component(semi):
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerCoTraining_cleanTeacher", "nnUNetTrainerLLMSeg_cleanTeacher"])
+def test_co_training_with_cleaned_teachers_teaches_no_stray_component(semi, trainer_name):
     """``_cleanTeacher``: what each teacher's plain prediction teaches has one component per class per crop (or
     several of the largest size), on the real trainer; and the engine refuses the views without a teacher pass."""
     from acvl_utils.morphology.morphology_helper import label_with_component_sizes
 
-    trainer = build_trainer("nnUNetTrainerCoTraining_cleanTeacher", semi["name"], semi["pre"])
+    trainer = build_trainer(trainer_name, semi["name"], semi["pre"])
     trainer.initialize()
     trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
     taught = []

@@ -27,6 +27,7 @@ METHOD_ALIASES: dict[str, str] = {
     "llmseg_notext": "nnUNetTrainerLLMSeg_noText",
     "llmseg_nousl": "nnUNetTrainerLLMSeg_noUSL",
     "llmseg_nomix": "nnUNetTrainerLLMSeg_noMix",
+    "llmseg_clean": "nnUNetTrainerLLMSeg_cleanTeacher",
     "tak_notext": "nnUNetTrainerTAK_noText",
     "tak_nocontrast": "nnUNetTrainerTAK_noContrast",
     "tak_nobalance": "nnUNetTrainerTAK_noBalance",

@@ -47,6 +47,12 @@ class nnUNetTrainerLLMSeg_noMix(nnUNetTrainerLLMSeg):
     mixed_view = "none"
 
 
+class nnUNetTrainerLLMSeg_cleanTeacher(nnUNetTrainerLLMSeg):
+    """LLM-SegNet whose teachers lose their stray components before they teach (see ``CoTraining_cleanTeacher``)."""
+
+    clean_teacher_strays = True
+
+
 class nnUNetTrainerLLMSeg_noUSL(nnUNetTrainerLLMSeg):
     """LLM-SegNet with plain cross pseudo-supervision instead of the Unified Segmentation Loss."""
 
