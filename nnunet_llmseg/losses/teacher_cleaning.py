@@ -1,7 +1,7 @@
 """Teacher predictions with each class's stray components turned to background before they teach.
 
 Why: at 7 labelled ACDC patients the co-trained networks miss 29-47 % fewer heart voxels than labelled-only nnU-Net
-but predict 30-56 % more foreground far from the heart (``benchmarks/error_location.py``, docs/methods.md): a
+but predict 31-56 % more foreground far from the heart (``benchmarks/error_location.py``, docs/methods.md): a
 peer's stray blob is a hard target for its student, which learns it and teaches it back. Every target structure
 of these tasks is one connected region (the text priors describe each as one: "a ring", "a chamber"), which is why
 nnU-Net's largest-component postprocessing helps on whole volumes. This applies the same rule to the *teacher's*
