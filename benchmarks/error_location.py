@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import distance_transform_edt
+from stray_components import named_folders, prediction_reference_pairs
 
 KINDS = ("correct", "missed", "confused", "false_near", "false_far", "false_off_slice")
 
@@ -60,14 +61,8 @@ def error_voxels(pred: np.ndarray, ref: np.ndarray, inplane_spacing: tuple[float
 
 
 def summarise(folder: Path, labels_dir: Path, margin_mm: float) -> dict[str, int]:
-    files = sorted(folder.glob("*.nii.gz"))
-    if not files:
-        raise SystemExit(f"error: no .nii.gz predictions in {folder}")
     total = dict.fromkeys(KINDS, 0)
-    for f in files:
-        ref_file = labels_dir / f.name
-        if not ref_file.is_file():
-            raise SystemExit(f"error: no reference {ref_file} for the prediction {f}")
+    for f, ref_file in prediction_reference_pairs(folder, labels_dir):
         ref_img = sitk.ReadImage(str(ref_file))
         spacing_xyz = ref_img.GetSpacing()
         inplane = (float(spacing_xyz[1]), float(spacing_xyz[0]))  # array axes 1, 2 are image y, x
@@ -91,11 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| run | correct | missed | confused | false, near (<= {args.margin_mm:g} mm) | false, far | "
           "false, off-slice | false, all |")
     print("|---|---|---|---|---|---|---|---|")
-    for spec in args.runs:
-        name, sep, folder = spec.partition("=")
-        if not sep:
-            raise SystemExit(f"error: {spec!r} is not NAME=FOLDER")
-        t = summarise(Path(folder), args.labels, args.margin_mm)
+    for name, folder in named_folders(args.runs):
+        t = summarise(folder, args.labels, args.margin_mm)
         false_all = t["false_near"] + t["false_far"] + t["false_off_slice"]
         print(f"| {name} | {t['correct']} | {t['missed']} | {t['confused']} | {t['false_near']} | {t['false_far']} | "
               f"{t['false_off_slice']} | {false_all} |")

@@ -39,15 +39,34 @@ def stray_counts(pred: np.ndarray, labels: list[int]) -> dict[int, tuple[np.ndar
     return out
 
 
-def summarise(folder: Path, labels_dir: Path, labels: list[int]) -> dict[int, dict[str, float]]:
+def prediction_reference_pairs(folder: Path, labels_dir: Path) -> list[tuple[Path, Path]]:
+    """``(prediction, reference)`` files for each ``.nii.gz`` prediction in ``folder``; exits naming what is missing."""
     files = sorted(folder.glob("*.nii.gz"))
     if not files:
         raise SystemExit(f"error: no .nii.gz predictions in {folder}")
-    total = {c: {"voxels": 0, "components": 0, "on_background": 0, "predicted": 0} for c in labels}
+    pairs = []
     for f in files:
         ref_file = labels_dir / f.name
         if not ref_file.is_file():
             raise SystemExit(f"error: no reference {ref_file} for the prediction {f}")
+        pairs.append((f, ref_file))
+    return pairs
+
+
+def named_folders(specs: list[str]) -> list[tuple[str, Path]]:
+    """``NAME=FOLDER`` command-line arguments as ``(name, folder)``."""
+    out = []
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"error: {spec!r} is not NAME=FOLDER")
+        out.append((name, Path(folder)))
+    return out
+
+
+def summarise(folder: Path, labels_dir: Path, labels: list[int]) -> dict[int, dict[str, float]]:
+    total = {c: {"voxels": 0, "components": 0, "on_background": 0, "predicted": 0} for c in labels}
+    for f, ref_file in prediction_reference_pairs(folder, labels_dir):
         pred = sitk.GetArrayFromImage(sitk.ReadImage(str(f)))
         ref = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_file)))
         for c, (mask, n) in stray_counts(pred, labels).items():
@@ -67,11 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| run | class | stray voxels | stray components | share of the class's predicted voxels | "
           "share on reference background |")
     print("|---|---|---|---|---|---|")
-    for spec in args.runs:
-        name, sep, folder = spec.partition("=")
-        if not sep:
-            raise SystemExit(f"error: {spec!r} is not NAME=FOLDER")
-        total = summarise(Path(folder), args.labels, args.classes)
+    for name, folder in named_folders(args.runs):
+        total = summarise(folder, args.labels, args.classes)
         for c in [*args.classes, "all"]:
             t = total[c] if c != "all" else {k: sum(total[x][k] for x in args.classes) for k in total[args.classes[0]]}
             share = t["voxels"] / t["predicted"] if t["predicted"] else 0.0
