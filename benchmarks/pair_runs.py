@@ -12,6 +12,12 @@ per-case Dice (mean over classes, by validation case) with any other row, using 
 ``--largest-component``), as ``repeats.py --score`` does for runs.
 
 A method that appears in several files is named ``method@N`` (N = position of its file, from 1) after the first.
+
+Repeated trainings of one method are paired as one side by joining their names with ``+``: each case's Dice is
+the mean over those runs, so two runs of A against two runs of B test whether A beats B case by case on average
+over trainings, not one lucky pair of runs:
+
+    python benchmarks/pair_runs.py R1.json R2.json R3.json --pairs llmseg+llmseg@2:llmseg_notext+llmseg_notext@3
 """
 
 from __future__ import annotations
@@ -42,11 +48,23 @@ def scored(row: dict, name: str, score: str) -> dict:
     return entry
 
 
-def compare(rows: dict[str, dict], a: str, b: str, score: str = "raw") -> str:
-    for name in (a, b):
+def side(rows: dict[str, dict], names: str, score: str) -> dict:
+    """One side of a pair: a row's scores, or for ``A+B+...`` the per-case mean over those rows (same cases)."""
+    entries = []
+    for name in names.split("+"):
         if name not in rows:
             raise SystemExit(f"error: no row {name!r}; rows: {', '.join(sorted(rows))}")
-    ra, rb = scored(rows[a], a, score), scored(rows[b], b, score)
+        entries.append(scored(rows[name], name, score))
+    cases = sorted(entries[0]["per_case_dice"])
+    for name, entry in zip(names.split("+"), entries):
+        if sorted(entry["per_case_dice"]) != cases:
+            raise SystemExit(f"error: {name} was scored on other validation cases than {names.split('+')[0]}")
+    per_case = {c: sum(e["per_case_dice"][c] for e in entries) / len(entries) for c in cases}
+    return {"dice_mean": sum(e["dice_mean"] for e in entries) / len(entries), "per_case_dice": per_case}
+
+
+def compare(rows: dict[str, dict], a: str, b: str, score: str = "raw") -> str:
+    ra, rb = side(rows, a, score), side(rows, b, score)
     if sorted(ra["per_case_dice"]) != sorted(rb["per_case_dice"]):
         raise SystemExit(f"error: {a} and {b} were scored on different validation cases")
     p_value, note, _, _ = paired_wilcoxon(ra["per_case_dice"], rb["per_case_dice"])
@@ -58,7 +76,8 @@ def compare(rows: dict[str, dict], a: str, b: str, score: str = "raw") -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path)
-    parser.add_argument("--pairs", nargs="+", required=True, help="A:B pairs of row names")
+    parser.add_argument("--pairs", nargs="+", required=True,
+                        help="A:B pairs of row names; A+A@2 averages runs per case")
     parser.add_argument("--score", choices=SCORES, default="raw",
                         help="raw Dice, or Dice after the largest-component rule")
     args = parser.parse_args(argv)

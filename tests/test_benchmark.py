@@ -495,6 +495,26 @@ def test_pair_runs_pairs_raw_or_largest_component_scores(tmp_path, capsys):
         pair_runs.main([str(first), str(second), "--score", "largest_component", "--pairs", "tak:old"])
 
 
+def test_pair_runs_averages_repeated_runs_per_case(tmp_path, capsys):
+    """``a+a@2`` is the per-case mean of two runs: one run's lucky case no longer decides the pair."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import pair_runs
+
+    base = [0.70, 0.72, 0.75, 0.68, 0.80, 0.77, 0.74, 0.71]
+    run1 = [d + 0.04 if i % 2 else d - 0.01 for i, d in enumerate(base)]
+    run2 = [d + 0.04 if i % 2 == 0 else d - 0.01 for i, d in enumerate(base)]  # the mirror image of run 1
+    first = _pairing_file(tmp_path / "a.json", {"llmseg": (run1, run1), "notext": (base, base)})
+    second = _pairing_file(tmp_path / "b.json", {"llmseg": (run2, run2)})
+    pair_runs.main([str(first), str(second), "--pairs", "llmseg:notext", "llmseg+llmseg@2:notext"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    single, pooled = ([c.strip() for c in line.strip("|").split("|")] for line in lines[-2:])
+    assert float(pooled[2]) == pytest.approx(np.mean(base) + 0.015, abs=1e-3)
+    assert float(pooled[5]) < float(single[5])  # +0.015 in every case beats +0.04 / -0.01 alternating
+    assert float(pooled[5]) < 0.05 and float(single[5]) > 0.05
+    with pytest.raises(SystemExit, match="no row 'llmseg@3'"):
+        pair_runs.main([str(first), str(second), "--pairs", "llmseg+llmseg@3:notext"])
+
+
 def test_stray_components_counts_what_the_largest_component_rule_removes(tmp_path, capsys):
     """Two blobs of class 1 (the smaller one on background), one of class 2: only the small class-1 blob is stray."""
     import SimpleITK as sitk
