@@ -279,7 +279,8 @@ def test_co_training_with_the_intensity_view_teaches_students_on_it_from_the_pla
     assert not torch.allclose(s_a[n_l:], batch["data_u"])
 
 
-@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerCoTraining_cleanTeacher", "nnUNetTrainerLLMSeg_cleanTeacher"])
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerCoTraining_cleanTeacher", "nnUNetTrainerLLMSeg_cleanTeacher",
+                                          "nnUNetTrainerTAK_cleanTeacher"])
 def test_co_training_with_cleaned_teachers_teaches_no_stray_component(semi, trainer_name):
     """``_cleanTeacher``: what each teacher's plain prediction teaches has one component per class per crop (or
     several of the largest size), on the real trainer; and the engine refuses the views without a teacher pass."""

@@ -32,6 +32,7 @@ METHOD_ALIASES: dict[str, str] = {
     "tak_nocontrast": "nnUNetTrainerTAK_noContrast",
     "tak_nobalance": "nnUNetTrainerTAK_noBalance",
     "tak_nounlabelled": "nnUNetTrainerTAK_noUnlabelled",
+    "tak_clean": "nnUNetTrainerTAK_cleanTeacher",
 }
 DEFAULT_METHODS: tuple[str, ...] = ("labelled_only", "llmseg", "tak", "all_labels")
 #: folder (under the results root) holding the generated schedule-variant modules

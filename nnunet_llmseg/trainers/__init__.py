@@ -19,6 +19,7 @@ from nnunet_llmseg.trainers.variants import (
     nnUNetTrainerLLMSeg_noMix,
     nnUNetTrainerLLMSeg_noText,
     nnUNetTrainerLLMSeg_noUSL,
+    nnUNetTrainerTAK_cleanTeacher,
     nnUNetTrainerTAK_noBalance,
     nnUNetTrainerTAK_noContrast,
     nnUNetTrainerTAK_noText,
@@ -41,6 +42,7 @@ _METHOD_TRAINERS = [
     nnUNetTrainerTAK_noContrast,
     nnUNetTrainerTAK_noBalance,
     nnUNetTrainerTAK_noUnlabelled,
+    nnUNetTrainerTAK_cleanTeacher,
 ]
 
 __all__ = [t.__name__ for t in _METHOD_TRAINERS] + ["nnUNetTrainerSemiSupervised"]

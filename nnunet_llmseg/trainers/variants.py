@@ -72,6 +72,13 @@ class nnUNetTrainerTAK_noContrast(nnUNetTrainerTAK):
     use_contrast = False
 
 
+class nnUNetTrainerTAK_cleanTeacher(nnUNetTrainerTAK):
+    """TAK whose teachers lose their stray components before they teach (see ``CoTraining_cleanTeacher``): TAK adds
+    the most far false foreground of the 7-patient ACDC runs (docs/methods.md, error split)."""
+
+    clean_teacher_strays = True
+
+
 class nnUNetTrainerTAK_noBalance(nnUNetTrainerTAK):
     """TAK without class-imbalance-aware losses (plain Dice+CE and cross pseudo-supervision)."""
 
