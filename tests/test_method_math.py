@@ -234,3 +234,42 @@ def test_only_b_on_the_mixed_view_mixes_network_a_outputs():
     student_a, student_b, teacher_a, teacher_b = nnUNetTrainerCoTraining.mixed_frame(la, lb, 2, cutmix)
     torch.testing.assert_close(student_a, lb[2:])  # A's outputs mixed = what it would say on B's view
     assert torch.equal(student_a, teacher_a) and torch.equal(student_b, teacher_b) and student_a.requires_grad
+
+
+def test_labelled_mix_pastes_labelled_content_both_ways_and_the_truth_teaches_it():
+    """``mixed_view = "labelled"`` (bidirectional copy-paste, Bai et al. 2023): every partner is a labelled crop,
+    every second box is inverted, and in the mixed frame the ground truth (confident, where known) teaches the
+    labelled content, the peer's unmixed prediction the rest; ignored voxels fall back to the peer."""
+    from nnunet_llmseg.data import mixing
+    from nnunet_llmseg.trainers.semi_supervised import nnUNetTrainerCoTraining
+
+    g = torch.Generator().manual_seed(3)
+    net = torch.nn.Conv3d(1, 3, 1)
+    x_l, x_u = torch.randn(2, 1, 4, 6, 8, generator=g), torch.randn(4, 1, 4, 6, 8, generator=g)
+    box = mixing.cutmix_box_mask(4, (4, 6, 8), (0.25, 0.5), torch.device("cpu"), generator=g)
+    mask = mixing.both_directions(box)
+    partner = mixing.labelled_partner_indices(4, 2)
+    assert partner.tolist() == [4, 5, 4, 5]
+    assert torch.equal(mask[0], box[0]) and torch.equal(mask[1], ~box[1])  # odd samples: labelled surroundings
+    labels = torch.randint(0, 3, (2, 4, 6, 8), generator=g)
+    labels[0, 0, 0, 0] = -1  # an ignored voxel
+    logits, known = mixing.truth_as_teacher_logits(labels, 3, has_regions=False)
+    assert torch.equal(logits.argmax(1)[known[:, 0]], labels[known[:, 0]]) and not bool(known[0, 0, 0, 0, 0])
+    cutmix = mixing.CutMixBatch(mask, partner, truth=(logits, known))
+    x_mix = cutmix.mixed(x_u, x_l)
+    for i, j in enumerate(partner.tolist()):
+        torch.testing.assert_close(x_mix[i][mask[i]], x_l[j - 4][mask[i]])
+    with torch.no_grad():
+        cutmix.plain = (net(x_u), net(x_u))
+    la = net(torch.cat((x_l, x_mix)))
+    _sa, _sb, teacher_a, _tb = nnUNetTrainerCoTraining.mixed_frame(la, la, 2, cutmix)
+    for i, j in enumerate(partner.tolist()):
+        inside = mask[i, 0]
+        truth_here = labels[j - 4][inside]
+        taught = teacher_a[i].argmax(0)[inside]
+        assert torch.equal(taught[truth_here >= 0], truth_here[truth_here >= 0])
+        torch.testing.assert_close(teacher_a[i][:, ~inside], cutmix.plain[0][i][:, ~inside])
+    if mask[0, 0, 0, 0, 0]:  # the ignored voxel, if pasted into crop 0, is taught by the peer's own output on it
+        torch.testing.assert_close(teacher_a[0, :, 0, 0, 0], la[0, :, 0, 0, 0].detach())
+    regions, known_r = mixing.truth_as_teacher_logits(torch.tensor([[[1, 0, -1]]]), 1, has_regions=True)
+    assert regions.tolist()[0][0][:2] == [20.0, -20.0] and known_r.tolist() == [[[True, True, False]]]

@@ -314,6 +314,44 @@ def test_co_training_with_cleaned_teachers_teaches_no_stray_component(semi, trai
         build_trainer("", semi["name"], semi["pre"], trainer_cls=NoTeacherPass)
 
 
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerLLMSeg_labelledMix", "nnUNetTrainerTAK_labelledMix"])
+def test_labelled_mix_puts_labelled_crops_into_the_students_view_and_the_truth_teaches_them(semi, trainer_name):
+    """``_labelledMix`` on the real trainer: the teachers' forward sees the plain unlabelled crops, the students'
+    unlabelled input is each crop mixed with a labelled crop of the same batch, and what teaches the pasted labelled
+    content is the ground truth."""
+    trainer = build_trainer(trainer_name, semi["name"], semi["pre"])
+    trainer.initialize()
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    seen, frames = [], []
+    hook = trainer.network.register_forward_hook(lambda _m, args, _out: seen.append([a.detach() for a in args]))
+    compute_losses = trainer.compute_losses
+    trainer.compute_losses = lambda *args: frames.append(args[-1]) or compute_losses(*args)
+    try:
+        trainer.on_train_epoch_start()
+        trainer.current_epoch = trainer.num_epochs - 1  # ramp-up done
+        batch = next(trainer.dataloader_train)
+        out = trainer.train_step(batch)
+    finally:
+        hook.remove()
+        trainer.dataloader_train._finish()
+    assert float(out["unsup_loss"]) > 0.0 and np.isfinite(float(out["sup_loss"]))
+    (t_a, _t_b), (s_a, s_b) = seen
+    cutmix, = frames
+    x_l, x_u = batch["data"], batch["data_u"]
+    n_l = x_l.shape[0]
+    torch.testing.assert_close(t_a, x_u)
+    torch.testing.assert_close(s_a[n_l:], s_b[n_l:])
+    target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+    teacher_a = cutmix.mixed(cutmix.plain[0], cutmix.labelled_teacher(torch.zeros_like(cutmix.truth[0])))
+    for i in range(x_u.shape[0]):
+        j = int(cutmix.partner[i]) - x_u.shape[0]
+        assert 0 <= j < n_l, "every partner is a labelled crop"
+        inside = cutmix.mask[i, 0]
+        torch.testing.assert_close(s_a[n_l + i][:, inside], x_l[j][:, inside])
+        torch.testing.assert_close(s_a[n_l + i][:, ~inside], x_u[i][:, ~inside])
+        assert torch.equal(teacher_a[i].argmax(0)[inside], target[j, 0][inside].long())
+
+
 # ---- priors ---------------------------------------------------------------------------------------------------
 
 def test_trainers_refuse_missing_or_mismatched_priors(tiny_dataset, semi):

@@ -24,15 +24,18 @@ METHOD_ALIASES: dict[str, str] = {
     "cotraining_nomix": "nnUNetTrainerCoTraining_noMix",
     "cotraining_intensity": "nnUNetTrainerCoTraining_intensityView",
     "cotraining_clean": "nnUNetTrainerCoTraining_cleanTeacher",
+    "cotraining_lmix": "nnUNetTrainerCoTraining_labelledMix",
     "llmseg_notext": "nnUNetTrainerLLMSeg_noText",
     "llmseg_nousl": "nnUNetTrainerLLMSeg_noUSL",
     "llmseg_nomix": "nnUNetTrainerLLMSeg_noMix",
     "llmseg_clean": "nnUNetTrainerLLMSeg_cleanTeacher",
+    "llmseg_lmix": "nnUNetTrainerLLMSeg_labelledMix",
     "tak_notext": "nnUNetTrainerTAK_noText",
     "tak_nocontrast": "nnUNetTrainerTAK_noContrast",
     "tak_nobalance": "nnUNetTrainerTAK_noBalance",
     "tak_nounlabelled": "nnUNetTrainerTAK_noUnlabelled",
     "tak_clean": "nnUNetTrainerTAK_cleanTeacher",
+    "tak_lmix": "nnUNetTrainerTAK_labelledMix",
 }
 DEFAULT_METHODS: tuple[str, ...] = ("labelled_only", "llmseg", "tak", "all_labels")
 #: folder (under the results root) holding the generated schedule-variant modules

@@ -40,6 +40,42 @@ def partner_indices(num_unlabeled: int, pool_size: int) -> torch.Tensor:
     return (torch.arange(num_unlabeled) + 1) % pool_size
 
 
+def labelled_partner_indices(num_unlabeled: int, num_labelled: int) -> torch.Tensor:
+    """Index into the pool ``[unlabelled, labelled]`` of a *labelled* partner for every unlabelled crop (in turn)."""
+    if num_labelled < 1:
+        raise ValueError("a labelled partner for each unlabelled crop needs at least one labelled crop in the batch")
+    return num_unlabeled + torch.arange(num_unlabeled) % num_labelled
+
+
+def both_directions(mask: torch.Tensor) -> torch.Tensor:
+    """Invert every second sample's box: the partner fills all *but* the box there.
+
+    With labelled partners (``labelled_partner_indices``) half the mixed crops are a labelled box in unlabelled
+    surroundings and half an unlabelled box in labelled surroundings, so neither kind of content is always the
+    small, cut-out part (the bidirectional copy-paste of Bai et al., CVPR 2023).
+    """
+    flip = (torch.arange(mask.shape[0], device=mask.device) % 2 == 1).view(-1, *([1] * (mask.ndim - 1)))
+    return mask ^ flip
+
+
+def truth_as_teacher_logits(labels: torch.Tensor, num_outputs: int, has_regions: bool,
+                            confident_logit: float = 20.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground truth written as a teacher's logits, and where it is known.
+
+    ``labels`` as ``OutputSpace.target_labels`` gives them (``-1`` where the ignore label is): ``(B, *spatial)``
+    class indices, or ``(B, R, *spatial)`` region memberships. Returns ``(logits, known)``: softmax outputs get
+    ``confident_logit`` on the true class and 0 elsewhere (``known`` is ``(B, 1, *spatial)``), regions
+    ``+/- confident_logit`` per region (``known`` per region). Every unsupervised loss then reads the truth as a
+    fully confident teacher.
+    """
+    if has_regions:
+        known = labels >= 0
+        return (labels.clamp(min=0).float() * 2.0 - 1.0) * confident_logit, known
+    known = (labels >= 0).unsqueeze(1)
+    onehot = torch.nn.functional.one_hot(labels.clamp(min=0), num_outputs).movedim(-1, 1).float()
+    return onehot * confident_logit, known
+
+
 def mix(x: torch.Tensor, partner: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Paste ``partner`` into ``x`` where ``mask`` is set (mask broadcasts over channels)."""
     return torch.where(mask, partner, x)
@@ -52,12 +88,21 @@ class CutMixBatch:
     ``mask`` (``(n_u, 1, *spatial)``, True where the partner is pasted) and ``partner`` (index into the pool
     ``[unlabelled, labelled]``) say how the mixed crops were made. ``plain`` holds each network's (detached,
     full-resolution) predictions on the *unmixed* unlabelled crops when both networks train on the mixed view;
-    ``None`` when only network B does.
+    ``None`` when only network B does. ``truth`` (``truth_as_teacher_logits``: logits and where they are known)
+    replaces the peers' predictions on the labelled crops as the teacher there; ``None``: the peers teach them too.
     """
 
     mask: torch.Tensor
     partner: torch.Tensor
     plain: tuple[torch.Tensor, torch.Tensor] | None = None
+    truth: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def labelled_teacher(self, peer_logits: torch.Tensor) -> torch.Tensor:
+        """What teaches on the labelled crops: the ground truth where known, else the peer's (detached) logits."""
+        if self.truth is None:
+            return peer_logits
+        logits, known = self.truth
+        return torch.where(known, logits.to(peer_logits.dtype), peer_logits)
 
     def mixed(self, unlabelled: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
         """Images, or predictions made on the unmixed crops, brought into the mixed frame the same way."""

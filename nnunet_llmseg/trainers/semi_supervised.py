@@ -40,7 +40,8 @@ from nnunet_llmseg.data.unlabeled_preprocessing import (
     unlabeled_preprocessed_folder,
 )
 from nnunet_llmseg.losses.cps import CrossPseudoSupervisionLoss
-from nnunet_llmseg.losses.teacher_cleaning import background_outside_largest_components
+from nnunet_llmseg.losses.regions import OutputSpace
+from nnunet_llmseg.losses.teacher_cleaning import CONFIDENT_LOGIT, background_outside_largest_components
 from nnunet_llmseg.networks.text_unets import TwinNetwork, predict_networks_from_env
 from nnunet_llmseg.trainers.crash_safety import CrashSafeTraining
 from nnunet_llmseg.trainers.pretrained import describe, install_pretrained_hook, load_pretrained_into_twin
@@ -250,8 +251,10 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     #: the students' view of the unlabelled crops: CutMix for "both" networks, or for network "b" only (A on the
     #: plain crops; the first engine, where network B alone beat labelled-only nnU-Net and A fell below it -
     #: docs/methods.md), "none" (no CutMix: both networks see the plain crops and each is taught by its peer's output
-    #: on them, CPS without mixing), or "intensity" (no box: both students see a strong intensity view of the crops,
-    #: ``data/intensity.py``, taught by their peer's prediction on the plain crops)
+    #: on them, CPS without mixing), "intensity" (no box: both students see a strong intensity view of the crops,
+    #: ``data/intensity.py``, taught by their peer's prediction on the plain crops), or "labelled" (as "both", but
+    #: every partner is a labelled crop, every second box inverted, and the ground truth teaches the labelled part:
+    #: the bidirectional copy-paste of Bai et al., CVPR 2023)
     mixed_view: str = "both"
     #: turn each class's components outside its largest one in the teachers' predictions on the unmixed crops
     #: into confident background before they teach (``losses/teacher_cleaning.py``); needs mixed_view "both" or
@@ -267,12 +270,12 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.mixed_view not in ("both", "b", "none", "intensity"):  # checked at start, not on every step
-            raise ValueError(f"{type(self).__name__}.mixed_view must be 'both', 'b', 'none' or 'intensity', "
-                             f"not {self.mixed_view!r}")
-        if self.clean_teacher_strays and self.mixed_view not in ("both", "intensity"):
-            raise ValueError(f"{type(self).__name__}.clean_teacher_strays needs mixed_view 'both' or 'intensity' "
-                             f"(a separate teacher forward on the plain crops), not {self.mixed_view!r}")
+        if self.mixed_view not in ("both", "b", "none", "intensity", "labelled"):  # checked once, at start
+            raise ValueError(f"{type(self).__name__}.mixed_view must be 'both', 'b', 'none', 'intensity' or "
+                             f"'labelled', not {self.mixed_view!r}")
+        if self.clean_teacher_strays and self.mixed_view not in ("both", "intensity", "labelled"):
+            raise ValueError(f"{type(self).__name__}.clean_teacher_strays needs mixed_view 'both', 'intensity' or "
+                             f"'labelled' (a separate teacher forward on the plain crops), not {self.mixed_view!r}")
         self._iteration_in_epoch = 0
         self.unsupervised_loss: nn.Module | None = None
         # what the inference-time network build needs beyond nnU-Net's plans (copied into the model folder)
@@ -346,10 +349,17 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
             mask = torch.zeros((n_u, 1, *x_u.shape[2:]), dtype=torch.bool, device=self.device)
         else:
             mask = mixing.cutmix_box_mask(n_u, tuple(x_u.shape[2:]), self.cutmix_volume_fraction, self.device)
-        partner = mixing.partner_indices(n_u, n_u + n_l).to(self.device)
-        cutmix = mixing.CutMixBatch(mask, partner)
+        if self.mixed_view == "labelled":  # labelled partners, boxes both ways, the truth teaching in them
+            mask = mixing.both_directions(mask)
+            partner = mixing.labelled_partner_indices(n_u, n_l).to(self.device)
+            out = OutputSpace.from_label_manager(self.label_manager)
+            truth = out.target_labels(y_l[0] if isinstance(y_l, (list, tuple)) else y_l)
+            cutmix = mixing.CutMixBatch(mask, partner, truth=mixing.truth_as_teacher_logits(
+                truth, out.num_outputs, out.has_regions, CONFIDENT_LOGIT))
+        else:
+            cutmix = mixing.CutMixBatch(mask, mixing.partner_indices(n_u, n_u + n_l).to(self.device))
         x_mix = strong_intensity_view(x_u) if self.mixed_view == "intensity" else cutmix.mixed(x_u, x_l)
-        if self.mixed_view in ("both", "intensity"):
+        if self.mixed_view in ("both", "intensity", "labelled"):
             with torch.no_grad(), self._autocast():  # the teachers' view: predictions on the unmixed crops
                 plain_a, plain_b = unwrap(self.network)(x_u, x_u)
             cutmix.plain = (_full_res(plain_a).detach(), _full_res(plain_b).detach())
@@ -402,8 +412,8 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
             a_mixed = cutmix.mixed(logits_a[n_l:], logits_a[:n_l])
             return a_mixed, logits_b[n_l:], a_mixed, logits_b[n_l:]
         plain_a, plain_b = cutmix.plain
-        teacher_a = cutmix.mixed(plain_a.to(logits_a.dtype), logits_a[:n_l].detach())
-        teacher_b = cutmix.mixed(plain_b.to(logits_b.dtype), logits_b[:n_l].detach())
+        teacher_a = cutmix.mixed(plain_a.to(logits_a.dtype), cutmix.labelled_teacher(logits_a[:n_l].detach()))
+        teacher_b = cutmix.mixed(plain_b.to(logits_b.dtype), cutmix.labelled_teacher(logits_b[:n_l].detach()))
         return logits_a[n_l:], logits_b[n_l:], teacher_a, teacher_b
 
     def teacher_reliabilities(self, labelled_logits_a: torch.Tensor, labelled_logits_b: torch.Tensor, y_l

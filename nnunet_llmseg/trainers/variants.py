@@ -35,6 +35,14 @@ class nnUNetTrainerCoTraining_cleanTeacher(nnUNetTrainerCoTraining):
     clean_teacher_strays = True
 
 
+class nnUNetTrainerCoTraining_labelledMix(nnUNetTrainerCoTraining):
+    """Plain co-training whose students mix each unlabelled crop with a labelled one, both ways, the ground truth
+    teaching the labelled part (``mixed_view = "labelled"``; Bai et al.'s bidirectional copy-paste, CVPR 2023):
+    asks whether anchoring the mixed view in labelled content closes more of the 7-patient ACDC gap."""
+
+    mixed_view = "labelled"
+
+
 class nnUNetTrainerLLMSeg_noText(nnUNetTrainerLLMSeg):
     """LLM-SegNet without the text-fusion block (co-training + USL only); needs no priors."""
 
@@ -51,6 +59,12 @@ class nnUNetTrainerLLMSeg_cleanTeacher(nnUNetTrainerLLMSeg):
     """LLM-SegNet whose teachers lose their stray components before they teach (see ``CoTraining_cleanTeacher``)."""
 
     clean_teacher_strays = True
+
+
+class nnUNetTrainerLLMSeg_labelledMix(nnUNetTrainerLLMSeg):
+    """LLM-SegNet with labelled partners in the mixed view (see ``CoTraining_labelledMix``)."""
+
+    mixed_view = "labelled"
 
 
 class nnUNetTrainerLLMSeg_noUSL(nnUNetTrainerLLMSeg):
@@ -77,6 +91,12 @@ class nnUNetTrainerTAK_cleanTeacher(nnUNetTrainerTAK):
     the most far false foreground of the 7-patient ACDC runs (docs/methods.md, error split)."""
 
     clean_teacher_strays = True
+
+
+class nnUNetTrainerTAK_labelledMix(nnUNetTrainerTAK):
+    """TAK with labelled partners in the mixed view (see ``CoTraining_labelledMix``)."""
+
+    mixed_view = "labelled"
 
 
 class nnUNetTrainerTAK_noBalance(nnUNetTrainerTAK):
