@@ -234,13 +234,16 @@ def test_tak_without_unlabelled_gives_no_unlabelled_voxel_a_label(semi):
     assert float(out["sup_loss"]) != 0.0
 
 
-def _one_step_with_network_inputs(semi, trainer_name: str) -> tuple[dict, dict, list[list[torch.Tensor]]]:
-    """One ``train_step`` after the ramp-up, with the inputs of every forward of the twin networks recorded."""
+def _one_step_with_network_inputs(semi, trainer_name: str) -> tuple[dict, dict, list[list[torch.Tensor]], list]:
+    """One ``train_step`` after the ramp-up, with the inputs of every forward of the twin networks recorded, and
+    the ``CutMixBatch`` the losses got."""
     trainer = build_trainer(trainer_name, semi["name"], semi["pre"])
     trainer.initialize()
     trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
-    seen = []
+    seen, frames = [], []
     hook = trainer.network.register_forward_hook(lambda _m, args, _out: seen.append([a.detach() for a in args]))
+    compute_losses = trainer.compute_losses
+    trainer.compute_losses = lambda *args: frames.append(args[-1]) or compute_losses(*args)
     try:
         trainer.on_train_epoch_start()
         trainer.current_epoch = trainer.num_epochs - 1  # ramp-up done
@@ -250,13 +253,13 @@ def _one_step_with_network_inputs(semi, trainer_name: str) -> tuple[dict, dict, 
         hook.remove()
         trainer.dataloader_train._finish()
     assert float(out["unsup_weight"]) > 0.9 and float(out["unsup_loss"]) > 0.0  # the peers still teach
-    return batch, out, seen
+    return batch, out, seen, frames
 
 
 def test_co_training_without_cutmix_shows_both_networks_the_plain_crops(semi):
     """``_noMix`` (``mixed_view = "none"``): no box is pasted, so both networks' unlabelled input is the
     unlabelled batch itself, in one forward (no separate teacher pass)."""
-    batch, _out, seen = _one_step_with_network_inputs(semi, "nnUNetTrainerCoTraining_noMix")
+    batch, _out, seen, _frames = _one_step_with_network_inputs(semi, "nnUNetTrainerCoTraining_noMix")
     assert len(seen) == 1, "no-mix needs no separate forward of the unmixed crops"
     n_l = batch["data"].shape[0]
     x_a, x_b = seen[0]
@@ -268,7 +271,7 @@ def test_co_training_without_cutmix_shows_both_networks_the_plain_crops(semi):
 def test_co_training_with_the_intensity_view_teaches_students_on_it_from_the_plain_crops(semi):
     """``_intensityView``: the teachers' forward sees the plain unlabelled crops, the students' forward the same
     crops with perturbed intensities (the same view for both networks, nothing pasted), labelled crops unchanged."""
-    batch, _out, seen = _one_step_with_network_inputs(semi, "nnUNetTrainerCoTraining_intensityView")
+    batch, _out, seen, _frames = _one_step_with_network_inputs(semi, "nnUNetTrainerCoTraining_intensityView")
     assert len(seen) == 2, "one forward for the teachers, one for the students"
     (t_a, t_b), (s_a, s_b) = seen
     n_l = batch["data"].shape[0]
@@ -319,22 +322,8 @@ def test_labelled_mix_puts_labelled_crops_into_the_students_view_and_the_truth_t
     """``_labelledMix`` on the real trainer: the teachers' forward sees the plain unlabelled crops, the students'
     unlabelled input is each crop mixed with a labelled crop of the same batch, and what teaches the pasted labelled
     content is the ground truth."""
-    trainer = build_trainer(trainer_name, semi["name"], semi["pre"])
-    trainer.initialize()
-    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
-    seen, frames = [], []
-    hook = trainer.network.register_forward_hook(lambda _m, args, _out: seen.append([a.detach() for a in args]))
-    compute_losses = trainer.compute_losses
-    trainer.compute_losses = lambda *args: frames.append(args[-1]) or compute_losses(*args)
-    try:
-        trainer.on_train_epoch_start()
-        trainer.current_epoch = trainer.num_epochs - 1  # ramp-up done
-        batch = next(trainer.dataloader_train)
-        out = trainer.train_step(batch)
-    finally:
-        hook.remove()
-        trainer.dataloader_train._finish()
-    assert float(out["unsup_loss"]) > 0.0 and np.isfinite(float(out["sup_loss"]))
+    batch, out, seen, frames = _one_step_with_network_inputs(semi, trainer_name)
+    assert np.isfinite(float(out["sup_loss"]))
     (t_a, _t_b), (s_a, s_b) = seen
     cutmix, = frames
     x_l, x_u = batch["data"], batch["data_u"]
