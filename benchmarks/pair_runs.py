@@ -51,13 +51,13 @@ def scored(row: dict, name: str, score: str) -> dict:
 def side(rows: dict[str, dict], names: str, score: str) -> dict:
     """One side of a pair: a row's scores, or for ``A+B+...`` the per-case mean over those rows (same cases)."""
     entries = []
-    first, *_ = parts = names.split("+")
+    parts = names.split("+")
     for name in parts:
         if name not in rows:
             raise SystemExit(f"error: no row {name!r}; rows: {', '.join(sorted(rows))}")
         entries.append(scored(rows[name], name, score))
         if sorted(entries[-1]["per_case_dice"]) != sorted(entries[0]["per_case_dice"]):
-            raise SystemExit(f"error: {name} was scored on other validation cases than {first}")
+            raise SystemExit(f"error: {name} was scored on other validation cases than {parts[0]}")
     cases = sorted(entries[0]["per_case_dice"])
     per_case = {c: sum(e["per_case_dice"][c] for e in entries) / len(entries) for c in cases}
     return {"dice_mean": sum(e["dice_mean"] for e in entries) / len(entries), "per_case_dice": per_case}

@@ -253,7 +253,7 @@ def test_labelled_mix_pastes_labelled_content_both_ways_and_the_truth_teaches_it
     assert torch.equal(mask[0], box[0]) and torch.equal(mask[1], ~box[1])  # odd samples: labelled surroundings
     labels = torch.randint(0, 3, (2, 4, 6, 8), generator=g)
     labels[0, 0, 0, 0] = -1  # an ignored voxel
-    logits, known = mixing.truth_as_teacher_logits(labels, 3, has_regions=False)
+    logits, known = mixing.truth_as_teacher_logits(labels, 3, has_regions=False, confident_logit=20.0)
     assert torch.equal(logits.argmax(1)[known[:, 0]], labels[known[:, 0]]) and not bool(known[0, 0, 0, 0, 0])
     cutmix = mixing.CutMixBatch(mask, partner, truth=(logits, known))
     x_mix = cutmix.mixed(x_u, x_l)
@@ -271,5 +271,6 @@ def test_labelled_mix_pastes_labelled_content_both_ways_and_the_truth_teaches_it
         torch.testing.assert_close(teacher_a[i][:, ~inside], cutmix.plain[0][i][:, ~inside])
     if mask[0, 0, 0, 0, 0]:  # the ignored voxel, if pasted into crop 0, is taught by the peer's own output on it
         torch.testing.assert_close(teacher_a[0, :, 0, 0, 0], la[0, :, 0, 0, 0].detach())
-    regions, known_r = mixing.truth_as_teacher_logits(torch.tensor([[[1, 0, -1]]]), 1, has_regions=True)
+    regions, known_r = mixing.truth_as_teacher_logits(torch.tensor([[[1, 0, -1]]]), 1, has_regions=True,
+                                                      confident_logit=20.0)
     assert regions.tolist()[0][0][:2] == [20.0, -20.0] and known_r.tolist() == [[[True, True, False]]]

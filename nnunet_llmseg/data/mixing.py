@@ -59,7 +59,7 @@ def both_directions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def truth_as_teacher_logits(labels: torch.Tensor, num_outputs: int, has_regions: bool,
-                            confident_logit: float = 20.0) -> tuple[torch.Tensor, torch.Tensor]:
+                            confident_logit: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground truth written as a teacher's logits, and where it is known.
 
     ``labels`` as ``OutputSpace.target_labels`` gives them (``-1`` where the ignore label is): ``(B, *spatial)``

@@ -278,6 +278,8 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
                              f"'labelled' (a separate teacher forward on the plain crops), not {self.mixed_view!r}")
         self._iteration_in_epoch = 0
         self.unsupervised_loss: nn.Module | None = None
+        #: softmax classes or sigmoid regions, and the ignore label (losses/regions.py)
+        self.outputs = OutputSpace.from_label_manager(self.label_manager)
         # what the inference-time network build needs beyond nnU-Net's plans (copied into the model folder)
         self.plans_manager.plans[TWIN_PLANS_KEY] = {"has_regions": bool(self.label_manager.has_regions)}
         self.priors, self.prior_rows = (None, None)
@@ -352,10 +354,10 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         if self.mixed_view == "labelled":  # labelled partners, boxes both ways, the truth teaching in them
             mask = mixing.both_directions(mask)
             partner = mixing.labelled_partner_indices(n_u, n_l).to(self.device)
-            out = OutputSpace.from_label_manager(self.label_manager)
-            truth = out.target_labels(y_l[0] if isinstance(y_l, (list, tuple)) else y_l)
-            cutmix = mixing.CutMixBatch(mask, partner, truth=mixing.truth_as_teacher_logits(
-                truth, out.num_outputs, out.has_regions, CONFIDENT_LOGIT))
+            out = self.outputs
+            truth = mixing.truth_as_teacher_logits(out.target_labels(_full_res(y_l)), out.num_outputs,
+                                                   out.has_regions, CONFIDENT_LOGIT)
+            cutmix = mixing.CutMixBatch(mask, partner, truth=truth)
         else:
             cutmix = mixing.CutMixBatch(mask, mixing.partner_indices(n_u, n_u + n_l).to(self.device))
         x_mix = strong_intensity_view(x_u) if self.mixed_view == "intensity" else cutmix.mixed(x_u, x_l)
@@ -425,7 +427,7 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         if not self.use_reliability_gate:
             one = labelled_logits_a.new_ones((), dtype=torch.float32)
             return one, one
-        target = y_l[0] if isinstance(y_l, (list, tuple)) else y_l
+        target = _full_res(y_l)
         gate = unwrap(self.network).teacher_reliability
         kw = {"has_regions": self.label_manager.has_regions, "ignore_label": self.label_manager.ignore_label}
         return gate.update(0, labelled_logits_a, target, **kw), gate.update(1, labelled_logits_b, target, **kw)

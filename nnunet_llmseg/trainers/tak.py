@@ -26,7 +26,6 @@ from torch import nn
 from nnunet_llmseg.data import mixing
 from nnunet_llmseg.losses.class_balance import build_class_balance
 from nnunet_llmseg.losses.contrastive import TextAnchoredContrastiveLoss, sample_class_voxels
-from nnunet_llmseg.losses.regions import OutputSpace
 from nnunet_llmseg.networks.text_unets import TextDrivenUNet, TwinNetwork, predict_networks_from_env
 from nnunet_llmseg.trainers.semi_supervised import _full_res, _take, nnUNetTrainerCoTraining, twin_has_regions, unwrap
 from nnunet_llmseg.trainers.text_priors import text_spec_from_plans
@@ -56,8 +55,6 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.return_features = True
-        #: softmax classes or sigmoid regions, and the ignore label (losses/regions.py)
-        self.outputs = OutputSpace.from_label_manager(self.label_manager)
         self.contrastive = TextAnchoredContrastiveLoss(self.contrast_temperature)
 
     @classmethod
@@ -106,7 +103,7 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
 
         out = self.outputs  # softmax labels or sigmoid regions; the ignore label becomes -1
         la, lb = _full_res(logits_a).float(), _full_res(logits_b).float()
-        y_full = out.target_labels(y_l[0] if isinstance(y_l, (list, tuple)) else y_l)
+        y_full = out.target_labels(_full_res(y_l))
         rel_a, rel_b = self.teacher_reliabilities(la[:n_l], lb[:n_l], y_l)
         with torch.no_grad():
             balance["a"].update(out.probs(la[:n_l]), y_full)
