@@ -288,8 +288,7 @@ def test_co_training_with_cleaned_teachers_teaches_no_stray_component(semi, trai
     """``_cleanTeacher``: what each teacher's plain prediction teaches has one component per class per crop (or
     several of the largest size), on the real trainer; and the engine refuses the views without a teacher pass."""
     from acvl_utils.morphology.morphology_helper import label_with_component_sizes
-
-    import nnunet_llmseg.trainers
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     _batch, _out, _seen, frames = _one_step_with_network_inputs(semi, trainer_name)
     taught = [f.plain for f in frames]
@@ -301,7 +300,7 @@ def test_co_training_with_cleaned_teachers_teaches_no_stray_component(semi, trai
                 _, sizes = label_with_component_sizes(hard[n] == c)
                 assert len(set(sizes.values())) <= 1, f"crop {n}, class {c}: components of sizes {sizes}"
 
-    class NoTeacherPass(getattr(nnunet_llmseg.trainers, trainer_name)):
+    class NoTeacherPass(recursive_find_trainer_class_by_name(trainer_name)):  # as build_trainer finds it
         mixed_view = "none"
 
     with pytest.raises(ValueError, match="clean_teacher_strays needs mixed_view"):
