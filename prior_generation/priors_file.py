@@ -44,6 +44,13 @@ class TextPriors:
     def dim(self) -> int:
         return int(next(iter(self.embeddings.values())).shape[1])
 
+    @property
+    def random_weights(self) -> bool:
+        """True when the recorded encoder had no trained weights (``open_clip:<model>:none``, for tests): such
+        embeddings are fixed random directions, not knowledge, and whoever uses them should be told."""
+        info = self.meta.get("encoder_info", {})
+        return bool(info.get("random_weights", info.get("pretrained") == "none (random)"))
+
 
 def priors_paths(preprocessed_dataset_folder: str | Path) -> tuple[Path, Path]:
     """(safetensors, json) paths inside a dataset's preprocessed folder."""

@@ -155,6 +155,16 @@ def test_priors_error_names_the_compared_file_and_a_fix_that_works(tiny_dataset,
     assert f"warning: the labels in {raw / 'dataset.json'} differ from {pre / 'dataset.json'}" in out.err
     trainer = build_trainer("nnUNetTrainerLLMSeg", name, pre, dataset_json=planned)
     assert trainer.priors.class_names == ["background", "hippocampus_anterior", "hippocampus_posterior"]
+    assert not trainer.priors.random_weights and "random weights" not in Path(trainer.log_file).read_text()
+
+    # priors from an untrained text tower are refused unless the weights are named, then flagged where they are used
+    assert priors_main(["-d", "933", "--encoder", "open_clip:ViT-B-32", "--no-progress"]) == 1
+    assert "error: encoder 'open_clip:ViT-B-32' names no weights" in capsys.readouterr().err
+    assert priors_main(["-d", "933", "--encoder", "open_clip:ViT-B-32:none", "--no-progress"]) == 0
+    assert "has random weights; these priors carry no anatomical knowledge" in capsys.readouterr().err
+    trainer = build_trainer("nnUNetTrainerLLMSeg", name, pre, dataset_json=planned)
+    assert trainer.priors.random_weights
+    assert "WARNING: the text priors were encoded with random weights" in Path(trainer.log_file).read_text()
 
 
 # ---- 4. evaluate: unknown label values, and where the reports go ---------------------------------------------------

@@ -332,6 +332,7 @@ def test_open_clip_text_tower_sentence_averaging(clip_random):
 
     enc = clip_random
     assert enc.dim == 512 and enc.max_tokens == 77
+    assert enc.describe()["random_weights"] is True  # recorded in the priors' meta; trainers warn on it
     long_text = " ".join(
         f"Sentence number {i} says that the liver lies in the right upper quadrant below the diaphragm."
         for i in range(8)
@@ -372,6 +373,9 @@ def test_encoder_spec_and_unknown_encoder():
         "/x/ckpt.safetensors",
     )
     assert parse_open_clip_spec("open_clip:hf-hub:org/repo") == ("hf-hub:org/repo", None)
+    for bare in ("open_clip:ViT-B-32", "open_clip:ViT-B-32:"):  # never read as random weights
+        with pytest.raises(EncoderError, match=r"names no weights.*open_clip:ViT-B-32:openai.*':none'"):
+            create_encoder(bare)
     with pytest.raises(EncoderError, match=r"unknown encoder 'bert-9000'.*minilm-l6-v2"):
         create_encoder("bert-9000")
     with pytest.raises(EncoderError, match="no pretrained tag 'nope'"):

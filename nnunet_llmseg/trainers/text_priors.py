@@ -62,6 +62,10 @@ def load_text_spec(trainer) -> tuple[TextPriors, list[int]]:
     }
     trainer.print_to_log_file(f"Text priors: encoder {priors.encoder}, dim {priors.dim}, "
                               f"hash {priors.content_hash}, classes {priors.class_names}")
+    if priors.random_weights:
+        trainer.print_to_log_file(f"WARNING: the text priors were encoded with random weights ({priors.encoder}): "
+                                  "the text carries no anatomical knowledge. Rerun python -m prior_generation "
+                                  f"-d {base.name} with a trained encoder unless this is a test.")
     return priors, rows
 
 
