@@ -20,6 +20,7 @@ from nnunet_llmseg.data.unlabeled_preprocessing import (
     preprocess_unlabeled,
     unlabeled_preprocessed_folder,
 )
+from nnunet_llmseg.trainers.text_priors import KEEP_CHECKPOINT_TEXT_ENV, PLANS_KEY
 from prior_generation.dataset_info import labels_from_dataset_json
 from prior_generation.priors_file import PriorsError, TextPriors, load_priors, make_priors, save_priors
 
@@ -42,13 +43,14 @@ def copy_dataset(tiny, new_id: int, suffix: str, with_unlabelled: bool = True) -
     return name, raw, pre
 
 
-def write_test_priors(pre: Path, dataset_json: dict, dim: int = 24, drop: str | None = None) -> TextPriors:
+def write_test_priors(pre: Path, dataset_json: dict, dim: int = 24, drop: str | None = None,
+                      seed: int = 7) -> TextPriors:
     """Priors with fixed pseudo-random embeddings (the generator itself is tested in test_prior_generation)."""
     names, values = labels_from_dataset_json(dataset_json)
     if drop is not None:
         keep = [i for i, n in enumerate(names) if n != drop]
         names, values = [names[i] for i in keep], [values[i] for i in keep]
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     emb = {}
     for k in ("llmseg", "tak_shape", "tak_location"):
         a = rng.normal(size=(len(names), dim))
@@ -394,7 +396,7 @@ def test_trainer_trains_two_tiny_epochs_and_predicts(semi, trainer, tmp_path):
 
 
 @pytest.mark.parametrize("trainer_name", ["nnUNetTrainerLLMSeg_5epochs_10it", "nnUNetTrainerTAK_5epochs_10it"])
-def test_resume_restores_both_networks_optimiser_and_schedule(semi, trainer_name, tmp_path):
+def test_resume_restores_both_networks_optimiser_and_schedule(semi, trainer_name, tmp_path, monkeypatch):
     t1 = build_trainer(trainer_name, semi["name"], semi["pre"])
     t1.initialize()
     t1.dataloader_train, t1.dataloader_val = t1.get_dataloaders()
@@ -428,4 +430,23 @@ def test_resume_restores_both_networks_optimiser_and_schedule(semi, trainer_name
     t1.current_epoch = t2.current_epoch
     assert t2.unsup_weight() == t1.unsup_weight()
     assert t2.logger.get_value("unsup_losses", None) == t1.logger.get_value("unsup_losses", None)
+
+    # the priors rewritten since (other text, same sizes): refused; continued with the checkpoint's text on request
+    dataset_json = json.loads((semi["pre"] / "dataset.json").read_text())
+    try:
+        new = write_test_priors(semi["pre"], dataset_json, seed=8)
+        t3 = build_trainer(trainer_name, semi["name"], semi["pre"])
+        with pytest.raises(PriorsError, match=r"checkpoint_latest\.pth was trained with other text priors .*"
+                                              r"continuing would mix them.*NNUNET_LLMSEG_KEEP_CHECKPOINT_TEXT=1"):
+            t3.load_checkpoint(str(ckpt))
+        monkeypatch.setenv(KEEP_CHECKPOINT_TEXT_ENV, "1")
+        t4 = build_trainer(trainer_name, semi["name"], semi["pre"])
+        assert t4.plans_manager.plans[PLANS_KEY]["content_hash"] == new.content_hash != semi["priors"].content_hash
+        t4.load_checkpoint(str(ckpt))
+        assert t4.plans_manager.plans[PLANS_KEY]["content_hash"] == semi["priors"].content_hash
+        for k in ("net_a.text_embeddings", "net_b.text_embeddings"):
+            assert torch.equal(t4.network.state_dict()[k], sd1[k]), k
+        assert "continues with the text it was trained with" in Path(t4.log_file).read_text()
+    finally:
+        write_test_priors(semi["pre"], dataset_json)  # the module's priors again
 

@@ -46,7 +46,7 @@ from nnunet_llmseg.networks.text_unets import TwinNetwork, predict_networks_from
 from nnunet_llmseg.trainers.crash_safety import CrashSafeTraining
 from nnunet_llmseg.trainers.pretrained import describe, install_pretrained_hook, load_pretrained_into_twin
 from nnunet_llmseg.trainers.progress import SemiSupervisedLocalLogger
-from nnunet_llmseg.trainers.text_priors import load_text_spec, stacked_rows
+from nnunet_llmseg.trainers.text_priors import check_checkpoint_priors, load_text_spec, stacked_rows
 
 TWIN_PLANS_KEY = "nnunet_llmseg"
 
@@ -296,6 +296,12 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
             twin = unwrap(self.network)
             for net in (twin.net_a, twin.net_b):
                 net.text_embeddings.copy_(text)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's, after checking that a checkpoint file continues with the priors it was trained with."""
+        if self.priors is not None and isinstance(filename_or_checkpoint, str):
+            check_checkpoint_priors(self, filename_or_checkpoint)
+        super().load_checkpoint(filename_or_checkpoint)
 
     def load_pretrained_weights(self, fname: str) -> dict:
         """``-pretrained_weights``: both networks' U-Nets from a plain nnU-Net checkpoint (trainers/pretrained.py)."""

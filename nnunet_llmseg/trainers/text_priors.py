@@ -9,6 +9,7 @@ no LLM and no text encoder are needed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from prior_generation.priors_file import PriorsError, TextPriors, load_priors
 
 PLANS_KEY = "nnunet_llmseg_text"
+#: set to 1 to continue a checkpoint with the text it was trained with after the priors file changed
+KEEP_CHECKPOINT_TEXT_ENV = "NNUNET_LLMSEG_KEEP_CHECKPOINT_TEXT"
 
 
 def head_rows(priors: TextPriors, label_manager: LabelManager, dataset: str = "<DATASET>") -> list[int]:
@@ -67,6 +70,39 @@ def load_text_spec(trainer) -> tuple[TextPriors, list[int]]:
                                   "the text carries no anatomical knowledge. Rerun python -m prior_generation "
                                   f"-d {base.name} with a trained encoder unless this is a test.")
     return priors, rows
+
+
+def check_checkpoint_priors(trainer, checkpoint_file: str) -> None:
+    """A run continues (``--c``, ``--val``) only with the text priors it was trained with.
+
+    The networks' text buffers are restored from the checkpoint, so after ``python -m prior_generation`` has
+    rewritten the priors a continued run would go on with the old text while the model folder's plans record the
+    new file: refused, naming both and the ways out. With ``NNUNET_LLMSEG_KEEP_CHECKPOINT_TEXT=1`` the run
+    continues with the checkpoint's text (same sizes only) and the plans record that text again.
+    """
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False, mmap=True)
+    recorded = checkpoint.get("init_args", {}).get("plans", {}).get(PLANS_KEY)
+    current = trainer.plans_manager.plans[PLANS_KEY]
+    if not recorded or recorded.get("content_hash") == current["content_hash"]:
+        return
+    base = Path(trainer.preprocessed_dataset_folder_base)
+    sizes = ("text_dim", "num_classes", "num_heads")
+    same_sizes = all(recorded.get(k) == current[k] for k in sizes)
+    if same_sizes and os.environ.get(KEEP_CHECKPOINT_TEXT_ENV, "") == "1":
+        trainer.plans_manager.plans[PLANS_KEY] = dict(recorded)
+        trainer.print_to_log_file(
+            f"WARNING: {checkpoint_file} continues with the text it was trained with ({recorded['content_hash']}, "
+            f"encoder {recorded.get('encoder')}), not with {base / 'text_priors.safetensors'} "
+            f"({current['content_hash']}): {KEEP_CHECKPOINT_TEXT_ENV}=1", also_print_to_console=True)
+        return
+    keep = (f"or set {KEEP_CHECKPOINT_TEXT_ENV}=1 to continue with the checkpoint's own text"
+            if same_sizes else "(the sizes differ, so the checkpoint cannot continue with the new priors)")
+    raise PriorsError(
+        f"{checkpoint_file} was trained with other text priors ({recorded.get('content_hash')}, encoder "
+        f"{recorded.get('encoder')}) than {base / 'text_priors.safetensors'} now holds ({current['content_hash']}, "
+        f"encoder {current['encoder']}); continuing would mix them. To train with the new priors, start a new run "
+        f"(move {Path(checkpoint_file).parent} away, or train without --c); to continue, restore the old priors "
+        f"(python -m prior_generation -d {base.name} with the encoder and texts the run used) {keep}.")
 
 
 def text_spec_from_plans(plans_manager: PlansManager) -> dict:
