@@ -35,6 +35,8 @@ _HOW_TO = (
     "pass a local checkpoint with --encoder open_clip:<model>:/path/to/checkpoint "
     "(or open_clip:local-dir:/path/to/folder), or choose --encoder minilm-l6-v2 (bundled, offline)"
 )
+#: open_clip model names that carry their own weights (no ``<pretrained>`` part)
+_SCHEMAS = ("hf-hub:", "local-dir:")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+(?=\S)")
 
 
@@ -107,7 +109,7 @@ class OpenCLIPTextEncoder(TextEncoder):
         import torch
 
         self.name, self.model_name, self.pretrained, self.device = name, model_name, pretrained, device
-        has_schema = model_name.startswith(("hf-hub:", "local-dir:"))
+        has_schema = model_name.startswith(_SCHEMAS)
         if not has_schema and model_name not in open_clip.list_models():
             raise EncoderError(
                 f"open_clip has no model '{model_name}' (see open_clip.list_models()); {_HOW_TO}"
@@ -168,14 +170,14 @@ class OpenCLIPTextEncoder(TextEncoder):
             **super().describe(),
             "library": "open_clip",
             "model": self.model_name,
-            "pretrained": self.pretrained or ("hub config" if ":" in self.model_name else "none (random)"),
+            "pretrained": self.pretrained or ("none (random)" if self.random_weights else "hub config"),
             "random_weights": self.random_weights,
         }
 
     @property
     def random_weights(self) -> bool:
         """True when the text tower has no trained weights (``:none``): its embeddings carry no knowledge."""
-        return not self.pretrained and not self.model_name.startswith(("hf-hub:", "local-dir:"))
+        return not self.pretrained and not self.model_name.startswith(_SCHEMAS)
 
 
 class MiniLMTextEncoder(TextEncoder):
@@ -242,7 +244,7 @@ def parse_open_clip_spec(spec: str) -> tuple[str, str | None]:
     rest = spec[len("open_clip:") :]
     if not rest:
         raise EncoderError(f"encoder '{spec}': expected open_clip:<model>[:<pretrained>]")
-    for schema in ("hf-hub:", "local-dir:"):
+    for schema in _SCHEMAS:
         if rest.startswith(schema):
             body = rest[len(schema) :]
             if schema == "hf-hub:" and ":" in body:

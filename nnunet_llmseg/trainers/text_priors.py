@@ -17,7 +17,7 @@ import torch
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from prior_generation.priors_file import PriorsError, TextPriors, load_priors
+from prior_generation.priors_file import PriorsError, TextPriors, load_priors, priors_paths
 
 PLANS_KEY = "nnunet_llmseg_text"
 #: set to 1 to continue a checkpoint with the text it was trained with after the priors file changed
@@ -86,20 +86,21 @@ def check_checkpoint_priors(trainer, checkpoint_file: str) -> None:
     if not recorded or recorded.get("content_hash") == current["content_hash"]:
         return
     base = Path(trainer.preprocessed_dataset_folder_base)
+    priors_file = priors_paths(base)[0]
     sizes = ("text_dim", "num_classes", "num_heads")
     same_sizes = all(recorded.get(k) == current[k] for k in sizes)
     if same_sizes and os.environ.get(KEEP_CHECKPOINT_TEXT_ENV, "") == "1":
         trainer.plans_manager.plans[PLANS_KEY] = dict(recorded)
         trainer.print_to_log_file(
             f"WARNING: {checkpoint_file} continues with the text it was trained with ({recorded['content_hash']}, "
-            f"encoder {recorded.get('encoder')}), not with {base / 'text_priors.safetensors'} "
+            f"encoder {recorded.get('encoder')}), not with {priors_file} "
             f"({current['content_hash']}): {KEEP_CHECKPOINT_TEXT_ENV}=1", also_print_to_console=True)
         return
     keep = (f"or set {KEEP_CHECKPOINT_TEXT_ENV}=1 to continue with the checkpoint's own text"
             if same_sizes else "(the sizes differ, so the checkpoint cannot continue with the new priors)")
     raise PriorsError(
         f"{checkpoint_file} was trained with other text priors ({recorded.get('content_hash')}, encoder "
-        f"{recorded.get('encoder')}) than {base / 'text_priors.safetensors'} now holds ({current['content_hash']}, "
+        f"{recorded.get('encoder')}) than {priors_file} now holds ({current['content_hash']}, "
         f"encoder {current['encoder']}); continuing would mix them. To train with the new priors, start a new run "
         f"(move {Path(checkpoint_file).parent} away, or train without --c); to continue, restore the old priors "
         f"(python -m prior_generation -d {base.name} with the encoder and texts the run used) {keep}.")
