@@ -264,22 +264,21 @@ def parse_open_clip_spec(spec: str) -> tuple[str, str | None]:
     return model, pretrained
 
 
-def check_encoder_name(name: str) -> None:
+def check_encoder_name(name: str) -> tuple[str, str | None] | None:
     """Raise the one-line EncoderError that ``create_encoder`` would for a malformed or unknown name, without
-    loading anything: the command line checks it before it asks the LLM."""
+    loading anything: the command line checks it before it asks the LLM. Returns ``None`` for a registered
+    name and ``(model, pretrained)`` for an ``open_clip:`` one."""
     if name in _REGISTRY:
-        return
+        return None
     if name.startswith("open_clip:"):
-        parse_open_clip_spec(name)
-        return
+        return parse_open_clip_spec(name)
     raise EncoderError(f"unknown encoder '{name}'; choose one of: {', '.join(available_encoders())}")
 
 
 @lru_cache(maxsize=4)
 def create_encoder(name: str = DEFAULT_ENCODER, device: str = "cpu") -> TextEncoder:
     """Build (once per process) the encoder called ``name``; one-line EncoderError when that fails."""
-    check_encoder_name(name)
-    if name in _REGISTRY:
+    open_clip_spec = check_encoder_name(name)
+    if open_clip_spec is None:
         return _REGISTRY[name](name, device)
-    model, pretrained = parse_open_clip_spec(name)
-    return OpenCLIPTextEncoder(name, model, pretrained, device)
+    return OpenCLIPTextEncoder(name, *open_clip_spec, device)

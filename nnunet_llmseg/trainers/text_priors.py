@@ -80,6 +80,8 @@ def check_checkpoint_priors(trainer, checkpoint_file: str) -> None:
     new file: refused, naming both and the ways out. With ``NNUNET_LLMSEG_KEEP_CHECKPOINT_TEXT=1`` the run
     continues with the checkpoint's text (same sizes only) and the plans record that text again.
     """
+    # read here as well as in nnU-Net's load_checkpoint, which cannot be handed the dict (2.8.1 leaves its
+    # ``checkpoint`` unset for a dict argument); mmap keeps this read to the pickled metadata
     checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False, mmap=True)
     recorded = checkpoint.get("init_args", {}).get("plans", {}).get(PLANS_KEY)
     current = trainer.plans_manager.plans[PLANS_KEY]
