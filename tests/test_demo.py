@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,7 +47,17 @@ def test_demo_runs_end_to_end_offline(tmp_path):
         torch.testing.assert_close(ckpt["network_weights"][f"{net}.text_embeddings"], expected)
     log = ckpt["logging"]
     assert len(log["unsup_losses"]) == 10 and len(log["confident_fraction"]) == 10  # one entry per epoch
-    assert "contrast_loss" in next(fold.glob("training_log_*.txt")).read_text()
+    text_log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "contrast_loss" in text_log
+    # both networks' class-balance weights reach the text log every epoch (DHC: mean 1 over the 3 classes)
+    weight_lines = [line.split("class weights ")[1] for line in text_log.splitlines() if "class weights " in line]
+    assert len(weight_lines) == 10, weight_lines
+    for line in weight_lines:
+        a_part, b_part = line.strip().removeprefix("a [").removesuffix("]").split("] b [")
+        for part in (a_part, b_part):
+            values = [float(v) for v in part.split(",")]
+            assert len(values) == 3 and all(np.isfinite(values)), line
+            assert abs(np.mean(values) - 1) < 0.01, line
 
     # one network of the pair predicts on its own, as nnU-Net's predictor builds it from the model folder (in this
     # process: the demo's own step 6 already ran the nnUNetv2_predict command on both networks)

@@ -186,6 +186,24 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         values = [float(o["contrast_loss"]) for o in train_outputs if "contrast_loss" in o]
         if values:
             self.print_to_log_file(f"contrast_loss {sum(values) / len(values):.4f}")
+        line = self.class_weights_line()
+        if line:
+            self.print_to_log_file(line)
+
+    def class_weights_line(self) -> str | None:
+        """Both networks' current class-balance weights for the text log, e.g. ``class weights a [..] b [..]``.
+
+        The checkpoint's ``logging`` keeps network A's weights per epoch, but a benchmark keeps only the text logs
+        (the whole-slice ACDC runs could not say why DHC's balance cost TAK 0.033 once the checkpoints were gone).
+        Balances that keep no statistics (the ``none`` ablation, GALoss) log uniform ones.
+        """
+        state = unwrap(self.network).training_state
+        parts = []
+        for net in ("a", "b"):
+            weights = getattr(state[net], "weights", None)
+            if callable(weights):
+                parts.append(f"{net} [" + ", ".join(f"{float(w):.3f}" for w in weights().tolist()) + "]")
+        return "class weights " + " ".join(parts) if parts else None
 
     def class_weights_for_log(self) -> list[float] | None:
         state = unwrap(self.network).training_state
