@@ -700,3 +700,32 @@ def test_error_location_splits_errors_by_kind_and_distance(tmp_path, capsys):
     sitk.WriteImage(sitk.GetImageFromArray(ref[:2]), str(tmp_path / "ref" / "case.nii.gz"))
     with pytest.raises(SystemExit, match=r"case\.nii\.gz: prediction shape"):
         error_location.main([f"run={tmp_path / 'pred'}", "--labels", str(tmp_path / "ref")])
+
+
+def test_class_frequency_by_patch_matches_the_labels_and_gives_dhc_weights(tiny_dataset, tmp_path, capsys):
+    """A patch as large as the volume sees every voxel, so the sampled class frequencies equal the labels' own;
+    the weights are DHC's distribution weights (mean 1, the most frequent class lowest)."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import class_frequency_by_patch
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    pre = tiny_dataset.preprocessed_folder
+    folder = pre / "nnUNetPlans_3d_fullres"
+    cases = tiny_dataset.labelled_cases
+    data = infer_dataset_class(str(folder))(str(folder), cases)
+    segs = [np.asarray(data.load_case(c)[1])[0] for c in cases]
+    assert len({s.shape for s in segs}) == 1, [s.shape for s in segs]  # one shape: every case weighs the same
+    counts = sum(np.bincount(s.clip(0).ravel().astype(int), minlength=3)[:3] for s in segs)
+    expected = counts / counts.sum()
+    shape = list(segs[0].shape)
+    result = class_frequency_by_patch.measure(pre, "nnUNetPlans", "3d_fullres", cases, 2, shape, 150, seed=0)
+    assert result["frequency"] == pytest.approx(expected.tolist(), abs=0.01)
+    weights = result["dist_weights"]
+    assert np.mean(weights) == pytest.approx(1.0, abs=0.01)
+    assert int(np.argmin(weights)) == int(np.argmax(expected))
+    # the command line prints one table row per setting; without --cases or a labelled subset it says what to do
+    class_frequency_by_patch.main(["--preprocessed", str(pre), "--configuration", "3d_fullres", "--batches", "5",
+                                   "--setting", "2x" + "x".join(map(str, shape)), "--cases", *cases])
+    assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |")]) == 1
+    with pytest.raises(SystemExit, match="name the labelled cases"):
+        class_frequency_by_patch.main(["--preprocessed", str(tmp_path), "--setting", "2x4x4x4"])
