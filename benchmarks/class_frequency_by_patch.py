@@ -43,8 +43,9 @@ def measure(preprocessed: Path, plans: str, configuration: str, cases: list[str]
     counts = np.zeros(k)
     for _ in range(batches):
         target = torch.as_tensor(np.asarray(loader.generate_train_batch()["target"])).long()[:, 0]
-        counts += np.bincount(target.flatten().clamp_min(0).numpy(), minlength=k)[:k]
-        weights.update(torch.nn.functional.one_hot(target.clamp_min(0), k).movedim(-1, 1).float(), target,
+        labels = target.clamp_min(0)
+        counts += np.bincount(labels.flatten().numpy(), minlength=k)[:k]
+        weights.update(torch.nn.functional.one_hot(labels, k).movedim(-1, 1).float(), target,
                        update_difficulty=False)
     return {"batch": batch, "patch": patch, "batches": batches,
             "frequency": (counts / counts.sum()).round(4).tolist(),

@@ -197,18 +197,18 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         (the whole-slice ACDC runs could not say why DHC's balance cost TAK 0.033 once the checkpoints were gone).
         Balances that keep no statistics (the ``none`` ablation, GALoss) log uniform ones.
         """
-        state = unwrap(self.network).training_state
-        parts = []
-        for net in ("a", "b"):
-            weights = getattr(state[net], "weights", None)
-            if callable(weights):
-                parts.append(f"{net} [" + ", ".join(f"{float(w):.3f}" for w in weights().tolist()) + "]")
+        parts = [f"{net} [" + ", ".join(f"{w:.3f}" for w in weights) + "]"
+                 for net in ("a", "b") if (weights := self._balance_weights(net)) is not None]
         return "class weights " + " ".join(parts) if parts else None
 
     def class_weights_for_log(self) -> list[float] | None:
-        state = unwrap(self.network).training_state
-        w = getattr(state["a"], "weights", None)
-        return [round(float(x), 4) for x in w().tolist()] if callable(w) else None
+        weights = self._balance_weights("a")
+        return [round(w, 4) for w in weights] if weights is not None else None
+
+    def _balance_weights(self, net: str) -> list[float] | None:
+        """Network ``net``'s current class-balance weights (None for a balance without ``weights``)."""
+        weights = getattr(unwrap(self.network).training_state[net], "weights", None)
+        return [float(w) for w in weights().tolist()] if callable(weights) else None
 
 
 def _zero_touch(twin: nn.Module, like: torch.Tensor) -> torch.Tensor:
