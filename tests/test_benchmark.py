@@ -214,7 +214,8 @@ def test_training_logs_give_curves_times_and_subset(tmp_path):
              "2 validation cases. Labelled: ['b_case', 'a_case']",
              "Epoch 0", "Current learning rate: 0.01", "train_loss 1.0", "val_loss 0.9",
              "Pseudo dice [np.float32(0.2), np.float32(0.4)]", "Epoch time: 10.0 s",
-             "Epoch 1", "train_loss 0.8", "Pseudo dice [np.float32(0.3), np.float32(nan)]", "Epoch time: 12.5 s",
+             "Epoch 1", "train_loss 0.8", "class weights a [0.100, 1.900] b [0.250, 1.750]",
+             "Pseudo dice [np.float32(0.3), np.float32(nan)]", "Epoch time: 12.5 s",
              "Epoch 2", "train_loss 0.7"]  # cut off inside epoch 2
     _log(fold / "training_log_2026_1_5_09_00_00.txt", "2026-01-05 09:00:00", first)
     # --c from the checkpoint of epoch 1: epoch 1 is not repeated, epoch 2 runs again in the second file
@@ -230,6 +231,7 @@ def test_training_logs_give_curves_times_and_subset(tmp_path):
     assert logs.ema_pseudo_dice == pytest.approx(ema)
     assert logs.mean_epoch_seconds() == pytest.approx((12.5 + 11.5 + 11.0) / 3)  # first epoch left out
     assert logs.labelled == ["a_case", "b_case"]
+    assert logs.class_weights == [{}, {"a": [0.1, 1.9], "b": [0.25, 1.75]}, {}, {}]  # TAK's line, where logged
     assert logs.session_seconds == pytest.approx([(len(first) - 1) * 1e-6, (len(second) - 1) * 1e-6])
 
 
@@ -729,3 +731,20 @@ def test_class_frequency_by_patch_matches_the_labels_and_gives_dhc_weights(tiny_
     assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |")]) == 1
     with pytest.raises(SystemExit, match="name the labelled cases"):
         class_frequency_by_patch.main(["--preprocessed", str(tmp_path), "--setting", "2x4x4x4"])
+
+
+def test_class_weights_table_gives_per_network_medians_over_the_epochs(tmp_path, capsys):
+    """The medians of TAK's logged class weights per network and class, over the chosen epochs only."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import class_weights_table
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = []
+    for e, (bg_a, bg_b) in enumerate([(0.9, 0.9), (0.1, 0.2), (0.3, 0.4), (0.2, 0.6), (0.9, 0.9)]):
+        lines += [f"Epoch {e}", f"class weights a [{bg_a:.3f}, {2 - bg_a:.3f}] b [{bg_b:.3f}, {2 - bg_b:.3f}]",
+                  "Pseudo dice [0.5]", "Epoch time: 1.0 s"]
+    _log(run / "training_log_2026_1_5_09_00_00.txt", "2026-01-05 09:00:00", lines)
+    class_weights_table.main([str(run), "--first", "1", "--last", "3"])
+    out = capsys.readouterr().out
+    assert "| run | a | 0.200 / 1.800 | 3 |" in out and "| run | b | 0.400 / 1.600 | 3 |" in out, out

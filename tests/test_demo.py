@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import predictor_from_model_folder, run_cli
+from nnunet_llmseg.benchmark.training_logs import parse_logs
 from nnunet_llmseg.trainers.tak import nnUNetTrainerTAK
 from nnunet_llmseg.trainers.text_priors import stacked_rows
 from prior_generation.priors_file import load_priors
@@ -50,14 +51,14 @@ def test_demo_runs_end_to_end_offline(tmp_path):
     text_log = next(fold.glob("training_log_*.txt")).read_text()
     assert "contrast_loss" in text_log
     # both networks' class-balance weights reach the text log every epoch (DHC: mean 1 over the 3 classes)
-    weight_lines = [line.split("class weights ")[1] for line in text_log.splitlines() if "class weights " in line]
-    assert len(weight_lines) == 10, weight_lines
-    for line in weight_lines:
-        a_part, b_part = line.strip().removeprefix("a [").removesuffix("]").split("] b [")
-        for part in (a_part, b_part):
-            values = [float(v) for v in part.split(",")]
-            assert len(values) == 3 and all(np.isfinite(values)), line
-            assert abs(np.mean(values) - 1) < 0.01, line
+    assert text_log.count("class weights ") == 10
+    weights = parse_logs(fold).class_weights
+    assert len(weights) == 10, weights
+    for epoch in weights:
+        assert sorted(epoch) == ["a", "b"], epoch
+        for values in epoch.values():
+            assert len(values) == 3 and all(np.isfinite(values)), epoch
+            assert abs(np.mean(values) - 1) < 0.01, epoch
 
     # one network of the pair predicts on its own, as nnU-Net's predictor builds it from the model folder (in this
     # process: the demo's own step 6 already ran the nnUNetv2_predict command on both networks)

@@ -9,6 +9,7 @@ from an older checkpoint) the later file wins.
 Per epoch nnU-Net logs ``Pseudo dice [..]`` (per class, on the validation iterations of that epoch) and
 ``Epoch time: X s``; ``mean_fg_dice`` is the nan-mean of the per-class list and its exponential moving average
 ``ema = 0.9 ema + 0.1 mean`` is what nnU-Net plots and uses for ``checkpoint_best`` - both are rebuilt here.
+TAK also logs ``class weights a [..] b [..]`` per epoch (both networks' class-balance weights).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ _LINE = re.compile(r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d+)?): ?(.*)$")
 _EPOCH = re.compile(r"^Epoch (\d+)\s*$")
 _EPOCH_TIME = re.compile(r"^Epoch time: ([-+0-9.eE]+|nan) s")
 _PSEUDO = re.compile(r"^Pseudo dice \[(.*)\]")
+_WEIGHTS = re.compile(r"^class weights (.*)$")
+_NET_WEIGHTS = re.compile(r"(\w+) \[([^\]]*)\]")
 _LABELLED = re.compile(r"^Labelled subset .*?Labelled: (\[.*\])\s*$")
 _NUMBER = re.compile(r"nan|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _LOG_NAME = re.compile(r"^training_log_(\d+)_(\d+)_(\d+)_(\d+)_(\d+)_(\d+)\.txt$")
@@ -37,6 +40,8 @@ class LogSummary:
     epochs: list[int] = field(default_factory=list)
     pseudo_dice: list[list[float]] = field(default_factory=list)  # per epoch, per class
     epoch_seconds: list[float | None] = field(default_factory=list)
+    #: per epoch, TAK's class-balance weights by network (``{"a": [..], "b": [..]}``; empty for other trainers)
+    class_weights: list[dict[str, list[float]]] = field(default_factory=list)
     #: seconds between the first and the last line of each log file (one per nnUNetv2_train start)
     session_seconds: list[float] = field(default_factory=list)
     #: the labelled cases the trainer logged (None: it logged no subset, i.e. it trained on every training case)
@@ -109,6 +114,8 @@ def parse_logs(fold_dir: str | Path) -> LogSummary:
                 per_epoch[epoch]["dice"] = _floats(p.group(1))
             elif epoch is not None and (t := _EPOCH_TIME.match(msg)) is not None:
                 per_epoch[epoch]["time"] = float(t.group(1))
+            elif epoch is not None and (w := _WEIGHTS.match(msg)) is not None:
+                per_epoch[epoch]["weights"] = {net: _floats(v) for net, v in _NET_WEIGHTS.findall(w.group(1))}
             elif (lab := _LABELLED.match(msg)) is not None:
                 with contextlib.suppress(ValueError, SyntaxError):  # a damaged line tells nothing
                     summary.labelled = sorted(str(c) for c in ast.literal_eval(lab.group(1)))
@@ -119,4 +126,5 @@ def parse_logs(fold_dir: str | Path) -> LogSummary:
             summary.epochs.append(e)
             summary.pseudo_dice.append(per_epoch[e]["dice"])
             summary.epoch_seconds.append(per_epoch[e].get("time"))
+            summary.class_weights.append(per_epoch[e].get("weights", {}))
     return summary
