@@ -28,8 +28,15 @@ from nnunet_llmseg.losses.class_balance import DistributionDifficultyWeights
 
 
 def measure(preprocessed: Path, plans: str, configuration: str, cases: list[str], batch: int,
-            patch: list[int], batches: int, seed: int) -> dict:
-    """Mean class frequencies over ``batches`` labelled batches and DHC's DistDW weights after them."""
+            patch: list[int], batches: int, seed: int, oversample_foreground: float = 0.33) -> dict:
+    """Mean class frequencies over ``batches`` labelled batches and DHC's DistDW weights after them.
+
+    The labels are taken as the loss sees them: nnU-Net's training transforms end with ``RemoveLabelTansform(-1,
+    0)``, so the loader's padding and the voxels outside the nonzero mask (``-1``) count as background, in the
+    frequencies and in the weights alike; nnU-Net's ignore label (outside ``[0, K)``) counts in neither, as
+    ``DistributionDifficultyWeights.update`` leaves it out. ``oversample_foreground`` is the share of crops forced
+    onto foreground (nnU-Net's ``nnUNetTrainer.oversample_foreground_percent``, 0.33 unless a trainer changes it;
+    ours do not)."""
     pm = PlansManager(preprocessed / f"{plans}.json")
     cm = pm.get_configuration(configuration)
     dataset_json = json.loads((preprocessed / "dataset.json").read_text())
@@ -37,16 +44,16 @@ def measure(preprocessed: Path, plans: str, configuration: str, cases: list[str]
     folder = preprocessed / cm.data_identifier
     data = infer_dataset_class(str(folder))(str(folder), cases)
     np.random.seed(seed)
-    loader = nnUNetDataLoader(data, batch, patch, patch, lm, oversample_foreground_percent=0.33)
+    loader = nnUNetDataLoader(data, batch, patch, patch, lm, oversample_foreground_percent=oversample_foreground)
     k = len(lm.all_labels)
     weights = DistributionDifficultyWeights(k, mode="dist")
     counts = np.zeros(k)
     for _ in range(batches):
         target = torch.as_tensor(np.asarray(loader.generate_train_batch()["target"])).long()[:, 0]
-        labels = target.clamp_min(0)
-        counts += np.bincount(labels.flatten().numpy(), minlength=k)[:k]
-        weights.update(torch.nn.functional.one_hot(labels, k).movedim(-1, 1).float(), target,
-                       update_difficulty=False)
+        target = target.clamp_min(0)  # RemoveLabelTansform(-1, 0), as in training
+        counts += np.bincount(target[target < k].numpy(), minlength=k)[:k]
+        one_hot = torch.nn.functional.one_hot(target.clamp_max(k - 1), k).movedim(-1, 1).float()
+        weights.update(one_hot, target, update_difficulty=False)
     return {"batch": batch, "patch": patch, "batches": batches,
             "frequency": (counts / counts.sum()).round(4).tolist(),
             "dist_weights": [round(float(w), 3) for w in weights.weights().tolist()]}
@@ -60,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--setting", nargs="+", required=True, help="BATCHxHxW[xD], e.g. 2x128x112")
     parser.add_argument("--batches", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--oversample-foreground", type=float, default=0.33,
+                        help="share of crops forced onto foreground (nnU-Net's default 0.33)")
     parser.add_argument("--cases", nargs="*", help="labelled case ids (default: labelled_subset_fold0.json)")
     args = parser.parse_args(argv)
     subset_file = args.preprocessed / "labelled_subset_fold0.json"
@@ -73,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|")
     for setting in args.setting:
         batch, *patch = (int(v) for v in setting.split("x"))
-        r = measure(args.preprocessed, args.plans, args.configuration, subset, batch, patch, args.batches, args.seed)
+        r = measure(args.preprocessed, args.plans, args.configuration, subset, batch, patch, args.batches, args.seed,
+                    args.oversample_foreground)
         print(f"| {batch} | {' x '.join(map(str, patch))} | {r['frequency']} | {r['dist_weights']} |")
 
 

@@ -725,6 +725,14 @@ def test_class_frequency_by_patch_matches_the_labels_and_gives_dhc_weights(tiny_
     weights = result["dist_weights"]
     assert np.mean(weights) == pytest.approx(1.0, abs=0.01)
     assert int(np.argmin(weights)) == int(np.argmax(expected))
+    # a patch larger than the volume: the loader pads with -1, which training turns into background (nnU-Net's
+    # RemoveLabelTansform(-1, 0)), so the padding adds to the background share
+    big = [s + 6 for s in shape]
+    padded = class_frequency_by_patch.measure(pre, "nnUNetPlans", "3d_fullres", cases, 2, big, 150, seed=0,
+                                              oversample_foreground=0.0)
+    with_padding = counts / len(cases) + np.array([np.prod(big) - np.prod(shape), 0, 0])
+    assert padded["frequency"] == pytest.approx((with_padding / with_padding.sum()).tolist(), abs=0.01)
+    assert padded["frequency"][0] > expected[0] + 0.05
     # the command line prints one table row per setting; without --cases or a labelled subset it says what to do
     class_frequency_by_patch.main(["--preprocessed", str(pre), "--configuration", "3d_fullres", "--batches", "5",
                                    "--setting", "2x" + "x".join(map(str, shape)), "--cases", *cases])
