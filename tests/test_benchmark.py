@@ -704,6 +704,38 @@ def test_error_location_splits_errors_by_kind_and_distance(tmp_path, capsys):
         error_location.main([f"run={tmp_path / 'pred'}", "--labels", str(tmp_path / "ref")])
 
 
+def test_crop_cleaning_reach_separates_volume_slice_and_crop_rules(tmp_path, capsys):
+    """A stray beside the organ's slice and one on a slice of its own: the volume rule removes both, the slice
+    rule (and a crop covering the whole slice) only the first, crops smaller than a blob's gap neither."""
+    import SimpleITK as sitk
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import crop_cleaning_reach
+
+    ref = np.zeros((3, 40, 40), dtype=np.uint8)
+    ref[1, 4:12, 4:12] = 1  # the organ, 64 voxels
+    pred = ref.copy()
+    pred[1, 30:32, 30:32] = 1  # stray on the organ's slice
+    pred[2, 30:32, 30:32] = 1  # stray on a slice with nothing else of class 1
+    rng = np.random.default_rng(0)
+    whole = crop_cleaning_reach.reach(pred, ref, (2.0, 2.0), [1], crop_mm=200.0, crops=4, rng=rng)
+    assert whole["false"] == 8 and whole["false_volume_rule"] == 8 and whole["false_slice_rule"] == 4
+    assert whole["false_crop_rule"] == pytest.approx(4.0)  # every 100-px crop covers the whole slice
+    assert whole["true_volume_rule"] == whole["true_slice_rule"] == whole["true_crop_rule"] == 0
+    tiny = crop_cleaning_reach.reach(pred, ref, (2.0, 2.0), [1], crop_mm=8.0, crops=64, rng=rng)
+    assert tiny["false_crop_rule"] == 0 and tiny["false_slice_rule"] == 4
+
+    for d, arr in (("pred", pred), ("ref", ref)):
+        (tmp_path / d).mkdir()
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((2.0, 2.0, 10.0))
+        sitk.WriteImage(img, str(tmp_path / d / "case.nii.gz"))
+    crop_cleaning_reach.main([f"run={tmp_path / 'pred'}", "--labels", str(tmp_path / "ref"), "--classes", "1",
+                              "--crop-mm", "200"])
+    row = [c.strip() for c in capsys.readouterr().out.splitlines()[2].strip("|").split("|")]
+    assert row[:5] == ["run", "8", "8 (100 %)", "4 (50 %)", "4 (50 %)"]
+
+
 def test_class_frequency_by_patch_matches_the_labels_and_gives_dhc_weights(tiny_dataset, tmp_path, capsys):
     """A patch as large as the volume sees every voxel, so the sampled class frequencies equal the labels' own;
     the weights are DHC's distribution weights (mean 1, the most frequent class lowest)."""
