@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,6 +180,39 @@ def test_teacher_cleaning_turns_each_class_s_smaller_components_into_confident_b
     assert bool((cleaned[0, 0, 6:8, 6:8] == -CONFIDENT_LOGIT).all())
     cleaned[0, 0, 6:8, 6:8] = regions[0, 0, 6:8, 6:8]
     torch.testing.assert_close(cleaned, regions)
+
+
+def test_organ_region_is_the_largest_component_grown_by_the_margin():
+    from nnunet_llmseg.losses.teacher_cleaning import organ_region
+
+    fg = np.zeros((3, 20, 20), dtype=bool)
+    fg[1, 5:9, 5:9] = True  # the organ, on the middle slice
+    fg[1, 16:18, 16:18] = True  # a stray, about 20 mm away at 2 mm per voxel
+    fg[0, 16:18, 16:18] = True  # a stray on a slice the organ does not reach
+    region = organ_region(fg, (5.0, 2.0, 2.0), margin_mm=4.0, in_plane_only=True)
+    assert region[1, 5:9, 5:9].all() and region[1, 5, 3] and not region[1, 5, 2]  # 2 voxels = 4 mm grown
+    assert not region[1, 16:18, 16:18].any() and not region[0].any() and not region[2].any()
+    grown_3d = organ_region(fg, (5.0, 2.0, 2.0), margin_mm=6.0, in_plane_only=False)
+    assert grown_3d[0, 5:9, 5:9].all() and grown_3d[2, 6, 6] and not grown_3d[0, 16, 16]  # one 5 mm slice reached
+    assert organ_region(np.zeros((2, 4, 4), dtype=bool), (1.0, 1.0, 1.0), 1.0, True).all()  # nothing to anchor
+    with pytest.raises(ValueError, match="margin_mm"):
+        organ_region(fg, (1.0, 1.0, 1.0), -1.0, True)
+
+
+def test_teacher_foreground_outside_the_organ_region_becomes_confident_background():
+    from nnunet_llmseg.losses.teacher_cleaning import CONFIDENT_LOGIT, background_outside_region
+
+    logits = torch.randn(2, 3, 6, 6)
+    region = torch.ones(2, 1, 6, 6, dtype=torch.bool)
+    region[0, 0, :, 3:] = False
+    cleaned = background_outside_region(logits, region)
+    assert (cleaned[0, :, :, 3:].permute(1, 2, 0) == torch.tensor([CONFIDENT_LOGIT, 0.0, 0.0])).all()
+    torch.testing.assert_close(cleaned[0, :, :, :3], logits[0, :, :, :3])
+    torch.testing.assert_close(cleaned[1], logits[1])
+    regions = background_outside_region(logits, region, has_regions=True)
+    assert (regions[0, :, :, 3:] == -CONFIDENT_LOGIT).all()
+    with pytest.raises(ValueError, match="does not match the logits"):
+        background_outside_region(logits, region[:, :, :5])
 
 
 # ---- the co-training engine's CutMix frame ------------------------------------------------------------------

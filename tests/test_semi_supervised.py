@@ -21,6 +21,7 @@ from nnunet_llmseg.data.unlabeled_preprocessing import (
     unlabeled_preprocessed_folder,
 )
 from nnunet_llmseg.trainers.text_priors import KEEP_CHECKPOINT_TEXT_ENV, PLANS_KEY
+from nnunet_llmseg.trainers.variants import nnUNetTrainerCoTraining_organRegion
 from prior_generation.dataset_info import labels_from_dataset_json
 from prior_generation.priors_file import PriorsError, TextPriors, load_priors, make_priors, save_priors
 
@@ -306,6 +307,46 @@ def test_co_training_with_cleaned_teachers_teaches_no_stray_component(semi, trai
         mixed_view = "none"
 
     with pytest.raises(ValueError, match="clean_teacher_strays needs mixed_view"):
+        build_trainer("", semi["name"], semi["pre"], trainer_cls=NoTeacherPass)
+
+
+def test_organ_region_teachers_predict_whole_volumes_and_teach_background_outside(semi):
+    """``_organRegion`` on the real trainer: the refresh predicts every unlabelled volume with nnU-Net's sliding
+    window and stores a region per case; a teacher then teaches background wherever its crop lies outside it."""
+    trainer = build_trainer("nnUNetTrainerCoTraining_organRegion", semi["name"], semi["pre"])
+    trainer.initialize()
+    trainer.num_epochs = 100
+    assert not trainer._regions_due() and trainer.current_epoch == 0  # before 10 % of the epochs
+    trainer.current_epoch = 10
+    assert trainer._regions_due()
+    folder = Path(trainer.region_folder())
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    trainer._refresh_organ_regions()
+    assert not trainer._regions_due() and trainer._regions_epoch == 10
+    trainer.current_epoch = 20
+    assert trainer._regions_due()
+    dataset = trainer._unlabelled_for_regions
+    assert set(dataset.identifiers) >= set(semi["subset"]["unlabelled"])
+    for case in dataset.identifiers:
+        region = np.load(folder / f"{case}.npy")
+        assert region.dtype == np.uint8 and region.shape == (1, *dataset.load_case(case)[0].shape[1:])
+        assert region.any()
+        np.save(folder / f"{case}.npy", np.zeros_like(region))  # every crop now lies outside
+    assert "organ regions of" in Path(trainer.log_file).read_text()
+
+    batch, out, _seen, frames = _one_step_with_network_inputs(semi, "nnUNetTrainerCoTraining_organRegion")
+    assert batch["region_u"].shape == (batch["data_u"].shape[0], 1, *batch["data_u"].shape[2:])
+    assert not batch["region_u"].any()
+    for plain in frames[0].plain:
+        assert bool((plain.argmax(1) == 0).all()), "outside the region every teacher voxel teaches background"
+    assert 0.0 <= float(out["region_cleaned"]) <= 1.0
+    shutil.rmtree(folder)
+
+    class NoTeacherPass(nnUNetTrainerCoTraining_organRegion):
+        mixed_view = "none"
+
+    with pytest.raises(ValueError, match="teacher_region_margin_mm needs mixed_view"):
         build_trainer("", semi["name"], semi["pre"], trainer_cls=NoTeacherPass)
 
 

@@ -446,3 +446,39 @@ def test_2d_configuration_crops_a_slice(loader_setup):
     loader = UnlabeledDataLoader(ds, 2, (40, 40), (32, 32), transforms=None, seed=0)
     batch = next(loader)
     assert batch["data"].shape == (2, 1, 32, 32) and batch["data"].dtype == torch.float32
+
+
+def test_organ_regions_travel_with_the_augmented_crops(loader_setup, tmp_path):
+    """A region read from a file is cut and augmented exactly like its crop: without augmentation it equals the
+    region rule on the crop; through nnU-Net's transforms the bright voxels it marks stay the bright ones."""
+    ds = build_unlabeled_dataset(loader_setup["pre"] / DATA_ID, loader_setup["folder"], [])
+    patch = loader_setup["patch"]
+    threshold = {}
+    for case in ds.identifiers:
+        img = np.asarray(ds.load_case(case)[0][:])
+        threshold[case] = max(float(np.quantile(img[0], 0.7)), 0.0)  # above the zero padding
+        np.save(tmp_path / f"{case}.npy", (img[:1] > threshold[case]).astype(np.uint8))
+    plain = UnlabeledDataLoader(ds, 2, loader_setup["initial"], patch, transforms=None, seed=0,
+                                region_folder=tmp_path)
+    for _ in range(3):
+        batch = next(plain)
+        assert batch["region"].shape == (2, 1, *patch) and batch["region"].dtype == torch.bool
+        for j, case in enumerate(batch["keys"]):
+            assert torch.equal(batch["region"][j], batch["data"][j, :1] > threshold[case])
+    aug = UnlabeledDataLoader(ds, 2, loader_setup["initial"], patch, transforms=loader_setup["transforms"](),
+                              seed=1, region_folder=tmp_path)
+    for _ in range(4):
+        batch = next(aug)
+        for j in range(2):
+            inside, x = batch["region"][j, 0], batch["data"][j, 0]
+            if inside.any() and (~inside).any():
+                assert float(x[inside].mean()) > float(x[~inside].mean()) + 0.5 * float(x.std())
+
+    missing = ds.identifiers[0]
+    (tmp_path / f"{missing}.npy").unlink()  # no region yet: all of the crop is inside
+    one = UnlabeledDataLoader(ds, 1, loader_setup["initial"], patch, transforms=None, seed=0, region_folder=tmp_path)
+    one.indices = [missing]
+    assert bool(next(one)["region"].all())
+    np.save(tmp_path / f"{missing}.npy", np.ones((1, 2, 2, 2), dtype=np.uint8))
+    with pytest.raises(ValueError, match=rf"{missing}\.npy: organ region of shape"):
+        next(one)

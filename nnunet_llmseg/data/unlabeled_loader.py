@@ -218,6 +218,12 @@ class UnlabeledDataLoader(DataLoader):
     image itself: nnU-Net's masked z-score leaves the outside exactly 0, so ``image == 0`` in all masked
     channels marks it.
 
+    ``region_folder``: where the trainer keeps each case's organ region (``CASE.npy``, uint8 ``(1, *spatial)``,
+    written by ``nnUNetTrainerCoTraining._refresh_organ_regions``). With it every crop's region is cut with the same
+    box and passed through the transforms as a second segmentation channel, so it stays aligned with the augmented
+    crop, and the batch gets ``region`` (bool ``(B, 1, *final_patch_size)``). A case without a file yet is all
+    region (nothing is cleaned); the padding outside the image is outside it.
+
     An augmenter worker drawing from this loader exits when the process that built the loader dies, even by
     ``kill -9`` (:func:`~nnunet_llmseg.data.worker_guard.exit_with_parent`).
     """
@@ -234,6 +240,7 @@ class UnlabeledDataLoader(DataLoader):
         world_size: int = 1,
         seed: int | None = None,
         mask_channels: Sequence[int] | None = None,
+        region_folder: str | Path | None = None,
     ) -> None:
         super().__init__(data, batch_size, 1, None, True, False, True, None)
         if len(data.identifiers) == 0:
@@ -261,6 +268,7 @@ class UnlabeledDataLoader(DataLoader):
         self.mask_channels = (
             list(mask_channels) if mask_channels is not None else mask_channels_of(transforms)
         )
+        self.region_folder = None if region_folder is None else Path(region_folder)
         self._rng: np.random.Generator | None = None
         self._rng_owner: tuple[int, int] | None = None
         self._parent_pid = os.getpid()  # an augmenter worker drawing from this loader exits when it dies
@@ -290,6 +298,17 @@ class UnlabeledDataLoader(DataLoader):
             bbox.append([start, start + self.patch_size[d]])
         return bbox
 
+    def _region_crop(self, key: str, data_shape: Sequence[int], bbox: list[list[int]]) -> torch.Tensor:
+        """The case's organ region cut with ``bbox`` (int16, 1 inside), or all 1 while the case has none."""
+        path = self.region_folder / f"{key}.npy"
+        if not path.is_file():
+            return torch.ones((1, *(b - a for a, b in bbox)), dtype=torch.int16)
+        region = np.load(path, mmap_mode="r")
+        if tuple(region.shape[1:]) != tuple(data_shape):
+            raise ValueError(f"{path}: organ region of shape {region.shape[1:]} does not match the image's "
+                             f"{tuple(data_shape)}; delete the folder {self.region_folder} and continue training")
+        return torch.from_numpy(np.asarray(crop_and_pad_nd(region, bbox, 0))).to(torch.int16)
+
     def _center_crop(self, img: torch.Tensor) -> torch.Tensor:
         final = self.final_patch_size[1:] if self.patch_size_was_2d else self.final_patch_size
         slices = [slice(None)]
@@ -301,7 +320,7 @@ class UnlabeledDataLoader(DataLoader):
     def generate_train_batch(self) -> dict:
         exit_with_parent(self._parent_pid)  # no-op in the trainer's own process and after the first batch
         keys = self.get_indices()
-        images = None
+        images, regions = None, None
         with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
             for j, key in enumerate(keys):
                 data, _ = self._data.load_case(key)
@@ -317,16 +336,27 @@ class UnlabeledDataLoader(DataLoader):
                     seg = torch.where(outside, -1, 0).to(torch.int16)[None]
                 else:
                     seg = torch.zeros((1, *img.shape[1:]), dtype=torch.int16)
+                if self.region_folder is not None:  # a second channel: augmented exactly like the crop
+                    seg = torch.cat((seg, self._region_crop(key, tuple(data.shape[1:]), bbox)))
                 if self.patch_size_was_2d:
                     img, seg = img[:, 0], seg[:, 0]
                 if self.transforms is not None:
-                    img = self.transforms(image=img, segmentation=seg)["image"]
+                    out = self.transforms(image=img, segmentation=seg)
+                    img, seg = out["image"], out["segmentation"]
+                    seg = seg[0] if isinstance(seg, (list, tuple)) else seg
                 else:
-                    img = self._center_crop(img)
+                    img, seg = self._center_crop(img), self._center_crop(seg)
                 if images is None:
                     images = torch.empty((len(keys), *img.shape), dtype=torch.float32)
+                    if self.region_folder is not None:
+                        regions = torch.empty((len(keys), 1, *img.shape[1:]), dtype=torch.bool)
                 images[j] = img
-        return {"data": images, "keys": keys}
+                if regions is not None:
+                    regions[j] = seg[-1:] > 0
+        batch = {"data": images, "keys": keys}
+        if regions is not None:
+            batch["region"] = regions
+        return batch
 
 
 def load_properties(unlabeled_folder: str | Path, case: str) -> dict:

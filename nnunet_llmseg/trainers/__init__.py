@@ -16,17 +16,20 @@ from nnunet_llmseg.trainers.variants import (
     nnUNetTrainerCoTraining_intensityView,
     nnUNetTrainerCoTraining_labelledMix,
     nnUNetTrainerCoTraining_noMix,
+    nnUNetTrainerCoTraining_organRegion,
     nnUNetTrainerLLMSeg_cleanTeacher,
     nnUNetTrainerLLMSeg_labelledMix,
     nnUNetTrainerLLMSeg_noMix,
     nnUNetTrainerLLMSeg_noText,
     nnUNetTrainerLLMSeg_noUSL,
+    nnUNetTrainerLLMSeg_organRegion,
     nnUNetTrainerTAK_cleanTeacher,
     nnUNetTrainerTAK_labelledMix,
     nnUNetTrainerTAK_noBalance,
     nnUNetTrainerTAK_noContrast,
     nnUNetTrainerTAK_noText,
     nnUNetTrainerTAK_noUnlabelled,
+    nnUNetTrainerTAK_organRegion,
 )
 
 _METHOD_TRAINERS = [
@@ -36,12 +39,14 @@ _METHOD_TRAINERS = [
     nnUNetTrainerCoTraining_intensityView,
     nnUNetTrainerCoTraining_cleanTeacher,
     nnUNetTrainerCoTraining_labelledMix,
+    nnUNetTrainerCoTraining_organRegion,
     nnUNetTrainerLLMSeg,
     nnUNetTrainerLLMSeg_noText,
     nnUNetTrainerLLMSeg_noUSL,
     nnUNetTrainerLLMSeg_noMix,
     nnUNetTrainerLLMSeg_cleanTeacher,
     nnUNetTrainerLLMSeg_labelledMix,
+    nnUNetTrainerLLMSeg_organRegion,
     nnUNetTrainerTAK,
     nnUNetTrainerTAK_noText,
     nnUNetTrainerTAK_noContrast,
@@ -49,6 +54,7 @@ _METHOD_TRAINERS = [
     nnUNetTrainerTAK_noUnlabelled,
     nnUNetTrainerTAK_cleanTeacher,
     nnUNetTrainerTAK_labelledMix,
+    nnUNetTrainerTAK_organRegion,
 ]
 
 __all__ = [t.__name__ for t in _METHOD_TRAINERS] + ["nnUNetTrainerSemiSupervised"]

@@ -13,6 +13,8 @@ validation and prediction) is nnU-Net's own.
 from __future__ import annotations
 
 import math
+import os
+import time
 from contextlib import nullcontext
 
 import numpy as np
@@ -113,7 +115,10 @@ class DualBatchLoader:
 
     def __next__(self) -> dict:
         batch = next(self.labelled)
-        batch["data_u"] = next(self.unlabelled)["data"]
+        unlabelled = next(self.unlabelled)
+        batch["data_u"] = unlabelled["data"]
+        if "region" in unlabelled:  # organ regions of the unlabelled crops (teacher_region_margin_mm)
+            batch["region_u"] = unlabelled["region"]
         return batch
 
     def _finish(self) -> None:
@@ -214,13 +219,17 @@ class nnUNetTrainerSemiSupervised(CrashSafeTraining, nnUNetTrainer):
         world = dist.get_world_size() if self.is_ddp else 1
         loader = UnlabeledDataLoader(dataset, self.unlabeled_batch_size, initial_patch_size,
                                      self.configuration_manager.patch_size, transforms=transforms,
-                                     rank=self.local_rank, world_size=world)
+                                     rank=self.local_rank, world_size=world, region_folder=self.region_folder())
         n_proc = get_allowed_n_proc_DA()
         if n_proc == 0:
             return SingleThreadedAugmenter(loader, None)
         return NonDetMultiThreadedAugmenter(loader, None, num_processes=max(1, n_proc // 2),
                                             num_cached=max(3, n_proc // 2), seeds=None,
                                             pin_memory=self.device.type == "cuda", wait_time=0.002)
+
+    def region_folder(self) -> str | None:
+        """Where the organ regions of the unlabelled cases are kept; None when the trainer uses none."""
+        return None
 
     def on_train_end(self) -> None:
         if isinstance(self.dataloader_train, DualBatchLoader):
@@ -260,6 +269,15 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     #: into confident background before they teach (``losses/teacher_cleaning.py``); needs mixed_view "both" or
     #: "intensity" (the views with a separate teacher forward)
     clean_teacher_strays: bool = False
+    #: organ-region teachers (None: off): in the teachers' predictions on the unmixed crops, foreground farther than
+    #: this many mm from the largest connected foreground component of both networks' prediction of the *whole*
+    #: unlabelled volume becomes confident background (``losses/teacher_cleaning.py``, ``organ_region``). The
+    #: regions are predicted with nnU-Net's sliding window after ``region_start_fraction`` of the epochs and again
+    #: every ``region_refresh_epochs``; for targets that are one connected structure. Needs the views of
+    #: ``clean_teacher_strays``
+    teacher_region_margin_mm: float | None = None
+    region_start_fraction: float = 0.1
+    region_refresh_epochs: int = 10
     #: whether ``TwinNetwork`` must also return decoder features (TAK's contrastive loss needs them)
     return_features: bool = False
     #: text priors the networks read (keys of ``prior_generation``'s embeddings, concatenated per class);
@@ -276,6 +294,10 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         if self.clean_teacher_strays and self.mixed_view not in ("both", "intensity", "labelled"):
             raise ValueError(f"{type(self).__name__}.clean_teacher_strays needs mixed_view 'both', 'intensity' or "
                              f"'labelled' (a separate teacher forward on the plain crops), not {self.mixed_view!r}")
+        if self.teacher_region_margin_mm is not None and self.mixed_view not in ("both", "intensity", "labelled"):
+            raise ValueError(f"{type(self).__name__}.teacher_region_margin_mm needs mixed_view 'both', 'intensity' or "
+                             f"'labelled' (a separate teacher forward on the plain crops), not {self.mixed_view!r}")
+        self._regions_epoch: int | None = None  # epoch of the organ regions on disk (None: none this run)
         self._iteration_in_epoch = 0
         self.unsupervised_loss: nn.Module | None = None
         #: softmax classes or sigmoid regions, and the ignore label (losses/regions.py)
@@ -340,6 +362,97 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     def on_train_epoch_start(self) -> None:
         self._iteration_in_epoch = 0
         super().on_train_epoch_start()
+        if self.teacher_region_margin_mm is not None and self._regions_due():
+            self._refresh_organ_regions()
+
+    # ---- organ-region teachers (teacher_region_margin_mm) ---------------------------------------------------
+    _region_cleaned: float | None = None
+
+    def region_folder(self) -> str | None:
+        return None if self.teacher_region_margin_mm is None else join(self.output_folder, "teacher_regions")
+
+    def on_train_start(self) -> None:
+        """nnU-Net's, then the organ regions of an earlier run are dropped: they are recomputed from the networks
+        this run starts with (a resumed run as soon as it is past the first refresh epoch)."""
+        super().on_train_start()
+        folder = self.region_folder()
+        if folder is not None and self.local_rank == 0:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            os.makedirs(folder, exist_ok=True)
+        if folder is not None and self.is_ddp:
+            dist.barrier()
+        self._regions_epoch = None
+
+    def _regions_due(self) -> bool:
+        first = max(1, round(self.region_start_fraction * self.num_epochs))
+        if self.current_epoch < first:
+            return False
+        return self._regions_epoch is None or self.current_epoch - self._regions_epoch >= self.region_refresh_epochs
+
+    @torch.no_grad()
+    def _refresh_organ_regions(self) -> None:
+        """Predict every unlabelled volume with both networks (nnU-Net's sliding window, no mirroring) and store
+        its organ region for the loader's workers (``CASE.npy``, replaced atomically). Rank 0 predicts; the other
+        ranks wait."""
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        from nnunet_llmseg.losses.teacher_cleaning import organ_region
+
+        start = time.time()
+        folder = self.region_folder()
+        if self.local_rank == 0:
+            dataset = self.prepare_unlabeled_dataset() if self._unlabelled_for_regions is None \
+                else self._unlabelled_for_regions
+            self._unlabelled_for_regions = dataset
+            twin = unwrap(self.network)
+            self.set_deep_supervision_enabled(False)
+            predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                        perform_everything_on_device=True, device=self.device, verbose=False,
+                                        verbose_preprocessing=False, allow_tqdm=False)
+            predictor.manual_initialization(twin, self.plans_manager, self.configuration_manager, None,
+                                            self.dataset_json, type(self).__name__, None)
+            spacing = tuple(float(s) for s in self.configuration_manager.spacing)
+            in_plane_only = len(self.configuration_manager.patch_size) == 2
+            inside = 0.0
+            try:
+                for case in dataset.identifiers:
+                    data, _ = dataset.load_case(case)
+                    logits = predictor.predict_sliding_window_return_logits(
+                        torch.from_numpy(np.asarray(data[:], dtype=np.float32)))
+                    fg = (logits > 0).any(0) if self.label_manager.has_regions else logits.argmax(0) > 0
+                    region = organ_region(fg.cpu().numpy(), spacing if not in_plane_only else (1.0, *spacing),
+                                          float(self.teacher_region_margin_mm), in_plane_only)
+                    inside += float(region.mean())
+                    tmp = join(folder, f".{case}.tmp.npy")
+                    np.save(tmp, region[None].astype(np.uint8))
+                    os.replace(tmp, join(folder, f"{case}.npy"))
+            finally:
+                twin.train()
+                self.set_deep_supervision_enabled(self.enable_deep_supervision)
+            self.print_to_log_file(
+                f"organ regions of {len(dataset.identifiers)} unlabelled cases refreshed in "
+                f"{time.time() - start:.1f} s "
+                f"(margin {self.teacher_region_margin_mm} mm; mean share of the volume inside: "
+                f"{inside / max(1, len(dataset.identifiers)):.3f})")
+        if self.is_ddp:
+            dist.barrier()
+        self._regions_epoch = self.current_epoch
+
+    _unlabelled_for_regions: UnlabeledDataset | None = None
+
+    def _clean_outside_organ_region(self, plain: tuple[torch.Tensor, ...], region: torch.Tensor
+                                    ) -> tuple[torch.Tensor, ...]:
+        """The teachers' unmixed predictions with foreground outside the crops' organ regions made background;
+        records the share of the first teacher's foreground voxels that this removed (logged per epoch)."""
+        from nnunet_llmseg.losses.teacher_cleaning import background_outside_region
+
+        has_regions = self.label_manager.has_regions
+        region = region.to(self.device, non_blocking=True)
+        fg = (plain[0] > 0).any(1, keepdim=True) if has_regions else plain[0].argmax(1, keepdim=True) > 0
+        self._region_cleaned = float((fg & ~region).sum()) / max(1.0, float(fg.sum()))
+        return tuple(background_outside_region(p, region, has_regions) for p in plain)
 
     # ---- one iteration --------------------------------------------------------------------------------------
     def _autocast(self):
@@ -374,6 +487,8 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
             if self.clean_teacher_strays:
                 regions = self.label_manager.has_regions
                 cutmix.plain = tuple(background_outside_largest_components(p, regions) for p in cutmix.plain)
+            if "region_u" in batch:
+                cutmix.plain = self._clean_outside_organ_region(cutmix.plain, batch["region_u"])
 
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
@@ -381,6 +496,8 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
                                         torch.cat((x_l, x_mix)), return_features=self.return_features)
             losses = self.compute_losses(out_a, out_b, y_l, n_l, n_u, cutmix)
         self._backward_and_step(losses["loss"])
+        if self._region_cleaned is not None:
+            losses["region_cleaned"] = self._region_cleaned
         self._iteration_in_epoch += 1
         return {k: (v.detach().float().cpu().numpy() if torch.is_tensor(v) else np.asarray(v))
                 for k, v in losses.items()}
@@ -473,6 +590,10 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         self.logger.log("text_share", self.text_share(), self.current_epoch)
         self.logger.log("class_weights", self.class_weights_for_log(), self.current_epoch)
         log = self.logger.local_logger.my_fantastic_logging
+        cleaned = [float(o["region_cleaned"]) for o in train_outputs if "region_cleaned" in o]
+        if cleaned:
+            self.print_to_log_file(f"organ regions: {np.mean(cleaned):.4f} of the teachers' foreground voxels on "
+                                   "unlabelled crops lay outside and were taught as background")
         self.print_to_log_file(
             f"sup_loss {log['sup_losses'][-1]:.4f} unsup_loss {log['unsup_losses'][-1]:.4f} "
             f"(weight {log['unsup_weight'][-1]:.3f}, teacher reliability {log['reliability'][-1]:.3f}) "

@@ -43,6 +43,15 @@ class nnUNetTrainerCoTraining_labelledMix(nnUNetTrainerCoTraining):
     mixed_view = "labelled"
 
 
+class nnUNetTrainerCoTraining_organRegion(nnUNetTrainerCoTraining):
+    """Plain co-training with organ-region teachers: teacher foreground farther than 10 mm from the largest component
+    of both networks' prediction of the whole unlabelled volume is taught as background (``teacher_region_margin_mm``,
+    ``losses/teacher_cleaning.py``). The per-crop ``_cleanTeacher`` rule reaches a fifth of the false foreground that
+    the whole-volume rule removes (``benchmarks/crop_cleaning_reach.py``); this one reaches it all."""
+
+    teacher_region_margin_mm = 10.0
+
+
 class nnUNetTrainerLLMSeg_noText(nnUNetTrainerLLMSeg):
     """LLM-SegNet without the text-fusion block (co-training + USL only); needs no priors."""
 
@@ -65,6 +74,12 @@ class nnUNetTrainerLLMSeg_labelledMix(nnUNetTrainerLLMSeg):
     """LLM-SegNet with labelled partners in the mixed view (see ``CoTraining_labelledMix``)."""
 
     mixed_view = "labelled"
+
+
+class nnUNetTrainerLLMSeg_organRegion(nnUNetTrainerLLMSeg):
+    """LLM-SegNet with organ-region teachers (see ``CoTraining_organRegion``)."""
+
+    teacher_region_margin_mm = 10.0
 
 
 class nnUNetTrainerLLMSeg_noUSL(nnUNetTrainerLLMSeg):
@@ -97,6 +112,12 @@ class nnUNetTrainerTAK_labelledMix(nnUNetTrainerTAK):
     """TAK with labelled partners in the mixed view (see ``CoTraining_labelledMix``)."""
 
     mixed_view = "labelled"
+
+
+class nnUNetTrainerTAK_organRegion(nnUNetTrainerTAK):
+    """TAK with organ-region teachers (see ``CoTraining_organRegion``)."""
+
+    teacher_region_margin_mm = 10.0
 
 
 class nnUNetTrainerTAK_noBalance(nnUNetTrainerTAK):
