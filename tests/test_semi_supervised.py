@@ -315,6 +315,8 @@ def test_organ_region_teachers_predict_whole_volumes_and_teach_background_outsid
     window and stores a region per case; a teacher then teaches background wherever its crop lies outside it."""
     trainer = build_trainer("nnUNetTrainerCoTraining_organRegion", semi["name"], semi["pre"])
     trainer.initialize()
+    trainer.get_tr_and_val_datasets()
+    trainer.unlabelled_dataset = trainer.prepare_unlabeled_dataset()  # what get_dataloaders sets
     trainer.num_epochs = 100
     assert not trainer._regions_due() and trainer.current_epoch == 0  # before 10 % of the epochs
     trainer.current_epoch = 10
@@ -326,7 +328,7 @@ def test_organ_region_teachers_predict_whole_volumes_and_teach_background_outsid
     assert not trainer._regions_due() and trainer._regions_epoch == 10
     trainer.current_epoch = 20
     assert trainer._regions_due()
-    dataset = trainer._unlabelled_for_regions
+    dataset = trainer.unlabelled_dataset
     assert set(dataset.identifiers) >= set(semi["subset"]["unlabelled"])
     for case in dataset.identifiers:
         region = np.load(folder / f"{case}.npy")

@@ -158,6 +158,8 @@ class nnUNetTrainerSemiSupervised(CrashSafeTraining, nnUNetTrainer):
                                                self.configuration_manager.previous_stage_name))
         self.unlabeled_batch_size: int | None = None
         self.unlabeled_train_keys: list[str] = []
+        #: the unlabelled cases the training loader draws from (set by ``get_dataloaders``)
+        self.unlabelled_dataset: UnlabeledDataset | None = None
         self.logger.local_logger = SemiSupervisedLocalLogger()
 
     def _set_batch_size_and_oversample(self) -> None:
@@ -177,6 +179,7 @@ class nnUNetTrainerSemiSupervised(CrashSafeTraining, nnUNetTrainer):
 
     def get_dataloaders(self):
         unlabelled = self.prepare_unlabeled_dataset()  # before any worker process exists
+        self.unlabelled_dataset = unlabelled
         dl_train, dl_val = super().get_dataloaders()
         return DualBatchLoader(dl_train, self.get_unlabeled_dataloader(unlabelled)), dl_val
 
@@ -403,9 +406,7 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         start = time.time()
         folder = self.region_folder()
         if self.local_rank == 0:
-            dataset = self.prepare_unlabeled_dataset() if self._unlabelled_for_regions is None \
-                else self._unlabelled_for_regions
-            self._unlabelled_for_regions = dataset
+            dataset = self.unlabelled_dataset  # the loader's cases (set up before any refresh, on every rank)
             twin = unwrap(self.network)
             self.set_deep_supervision_enabled(False)
             predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
@@ -439,8 +440,6 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         if self.is_ddp:
             dist.barrier()
         self._regions_epoch = self.current_epoch
-
-    _unlabelled_for_regions: UnlabeledDataset | None = None
 
     def _clean_outside_organ_region(self, plain: tuple[torch.Tensor, ...], region: torch.Tensor
                                     ) -> tuple[torch.Tensor, ...]:
