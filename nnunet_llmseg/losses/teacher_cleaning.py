@@ -95,6 +95,12 @@ def organ_region(foreground: np.ndarray, spacing: tuple[float, ...], margin_mm: 
     return distance_transform_edt(~core, sampling=spacing) <= margin_mm
 
 
+def foreground(logits: torch.Tensor, has_regions: bool = False) -> torch.Tensor:
+    """Bool ``(B, 1, *spatial)``: where a prediction ``(B, C, *spatial)`` is foreground (softmax: its argmax is not
+    background; sigmoid regions: any region's logit is positive)."""
+    return (logits > 0).any(1, keepdim=True) if has_regions else logits.argmax(1, keepdim=True) > 0
+
+
 @torch.no_grad()
 def background_outside_region(logits: torch.Tensor, region: torch.Tensor, has_regions: bool = False) -> torch.Tensor:
     """Teacher logits ``(B, C, *spatial)`` made confident background wherever ``region`` (bool ``(B, 1, *spatial)``)

@@ -294,12 +294,11 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         if self.mixed_view not in ("both", "b", "none", "intensity", "labelled"):  # checked once, at start
             raise ValueError(f"{type(self).__name__}.mixed_view must be 'both', 'b', 'none', 'intensity' or "
                              f"'labelled', not {self.mixed_view!r}")
-        if self.clean_teacher_strays and self.mixed_view not in ("both", "intensity", "labelled"):
-            raise ValueError(f"{type(self).__name__}.clean_teacher_strays needs mixed_view 'both', 'intensity' or "
-                             f"'labelled' (a separate teacher forward on the plain crops), not {self.mixed_view!r}")
-        if self.teacher_region_margin_mm is not None and self.mixed_view not in ("both", "intensity", "labelled"):
-            raise ValueError(f"{type(self).__name__}.teacher_region_margin_mm needs mixed_view 'both', 'intensity' or "
-                             f"'labelled' (a separate teacher forward on the plain crops), not {self.mixed_view!r}")
+        for option, on in (("clean_teacher_strays", self.clean_teacher_strays),
+                           ("teacher_region_margin_mm", self.teacher_region_margin_mm is not None)):
+            if on and self.mixed_view not in ("both", "intensity", "labelled"):  # both clean the teachers' pass
+                raise ValueError(f"{type(self).__name__}.{option} needs mixed_view 'both', 'intensity' or 'labelled' "
+                                 f"(a separate teacher forward on the plain crops), not {self.mixed_view!r}")
         self._regions_epoch: int | None = None  # epoch of the organ regions on disk (None: none this run)
         self._iteration_in_epoch = 0
         self.unsupervised_loss: nn.Module | None = None
@@ -369,8 +368,6 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
             self._refresh_organ_regions()
 
     # ---- organ-region teachers (teacher_region_margin_mm) ---------------------------------------------------
-    _region_cleaned: float | None = None
-
     def region_folder(self) -> str | None:
         return None if self.teacher_region_margin_mm is None else join(self.output_folder, "teacher_regions")
 
@@ -401,7 +398,7 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         ranks wait."""
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        from nnunet_llmseg.losses.teacher_cleaning import organ_region
+        from nnunet_llmseg.losses.teacher_cleaning import foreground, organ_region
 
         start = time.time()
         folder = self.region_folder()
@@ -422,7 +419,7 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
                     data, _ = dataset.load_case(case)
                     logits = predictor.predict_sliding_window_return_logits(
                         torch.from_numpy(np.asarray(data[:], dtype=np.float32)))
-                    fg = (logits > 0).any(0) if self.label_manager.has_regions else logits.argmax(0) > 0
+                    fg = foreground(logits[None], self.label_manager.has_regions)[0, 0]
                     region = organ_region(fg.cpu().numpy(), spacing if not in_plane_only else (1.0, *spacing),
                                           float(self.teacher_region_margin_mm), in_plane_only)
                     inside += float(region.mean())
@@ -442,16 +439,16 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         self._regions_epoch = self.current_epoch
 
     def _clean_outside_organ_region(self, plain: tuple[torch.Tensor, ...], region: torch.Tensor
-                                    ) -> tuple[torch.Tensor, ...]:
-        """The teachers' unmixed predictions with foreground outside the crops' organ regions made background;
-        records the share of the first teacher's foreground voxels that this removed (logged per epoch)."""
-        from nnunet_llmseg.losses.teacher_cleaning import background_outside_region
+                                    ) -> tuple[tuple[torch.Tensor, ...], float]:
+        """The teachers' unmixed predictions with foreground outside the crops' organ regions made background, and
+        the share of the first teacher's foreground voxels that this removed (logged per epoch)."""
+        from nnunet_llmseg.losses.teacher_cleaning import background_outside_region, foreground
 
         has_regions = self.label_manager.has_regions
         region = region.to(self.device, non_blocking=True)
-        fg = (plain[0] > 0).any(1, keepdim=True) if has_regions else plain[0].argmax(1, keepdim=True) > 0
-        self._region_cleaned = float((fg & ~region).sum()) / max(1.0, float(fg.sum()))
-        return tuple(background_outside_region(p, region, has_regions) for p in plain)
+        fg = foreground(plain[0], has_regions)
+        cleaned = float((fg & ~region).sum()) / max(1.0, float(fg.sum()))
+        return tuple(background_outside_region(p, region, has_regions) for p in plain), cleaned
 
     # ---- one iteration --------------------------------------------------------------------------------------
     def _autocast(self):
@@ -464,6 +461,7 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
             else target.to(self.device, non_blocking=True)
         x_u = batch["data_u"].to(self.device, non_blocking=True)
         n_l, n_u = x_l.shape[0], x_u.shape[0]
+        region_cleaned = None  # share of the teachers' foreground outside the organ regions (when they are used)
 
         if self.mixed_view in ("none", "intensity"):  # an empty box: nothing is pasted
             mask = torch.zeros((n_u, 1, *x_u.shape[2:]), dtype=torch.bool, device=self.device)
@@ -487,7 +485,7 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
                 regions = self.label_manager.has_regions
                 cutmix.plain = tuple(background_outside_largest_components(p, regions) for p in cutmix.plain)
             if "region_u" in batch:
-                cutmix.plain = self._clean_outside_organ_region(cutmix.plain, batch["region_u"])
+                cutmix.plain, region_cleaned = self._clean_outside_organ_region(cutmix.plain, batch["region_u"])
 
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
@@ -495,8 +493,8 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
                                         torch.cat((x_l, x_mix)), return_features=self.return_features)
             losses = self.compute_losses(out_a, out_b, y_l, n_l, n_u, cutmix)
         self._backward_and_step(losses["loss"])
-        if self._region_cleaned is not None:
-            losses["region_cleaned"] = self._region_cleaned
+        if region_cleaned is not None:
+            losses["region_cleaned"] = region_cleaned
         self._iteration_in_epoch += 1
         return {k: (v.detach().float().cpu().numpy() if torch.is_tensor(v) else np.asarray(v))
                 for k, v in losses.items()}
