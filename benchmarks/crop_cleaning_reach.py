@@ -12,7 +12,11 @@ unlabelled slices, how much of that run's false foreground each rule would have 
 - ``slice rule``: each class's components outside its largest in the whole 2D slice;
 - ``crop rule``: the same inside random square crops of ``--crop-mm`` (default 128 mm: 64 px at the 2 mm spacing
   of the 64 x 64 protocol), placed uniformly over the slice and clipped to it; a voxel's share is the fraction of
-  the crops covering it that remove it.
+  the crops covering it that remove it;
+- ``region rule``: what the organ-region teachers (``teacher_region_margin_mm``) turn to background: foreground
+  outside the largest connected component of *all* foreground classes together (one organ), grown in plane by
+  ``--region-margin-mm`` (default 10, the `_organRegion` variants'). A stray of one class that touches another
+  class's prediction lies inside that component, so this rule can reach less than the per-class volume rule.
 
     python benchmarks/crop_cleaning_reach.py --labels RAW/labelsTr NAME=RESULTS/.../fold_0/validation ...
 
@@ -30,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 from stray_components import named_folders, prediction_reference_pairs
 
-from nnunet_llmseg.losses.teacher_cleaning import stray_mask
+from nnunet_llmseg.losses.teacher_cleaning import organ_region, stray_mask
 
 
 def outside_largest(pred: np.ndarray, labels: list[int]) -> np.ndarray:
@@ -60,14 +64,18 @@ def crop_rule_share(pred2d: np.ndarray, labels: list[int], crop_px: tuple[int, i
 
 
 def reach(pred: np.ndarray, ref: np.ndarray, spacing_yx: tuple[float, float], labels: list[int], crop_mm: float,
-          crops: int, rng: np.random.Generator) -> dict[str, float]:
+          crops: int, rng: np.random.Generator, region_margin_mm: float = 10.0) -> dict[str, float]:
     """Voxel counts for one case: false foreground, and how much of it each rule removes."""
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from the reference's {ref.shape}")
     crop_px = tuple(max(1, round(crop_mm / s)) for s in spacing_yx)
     by_volume = outside_largest(pred, labels)
+    fg = np.isin(pred, labels)
+    by_region = fg & ~organ_region(fg, (1.0, *spacing_yx), region_margin_mm, in_plane_only=True)
     out = {"false_volume_rule": float((by_volume & (pred > 0) & (ref == 0)).sum()),
            "true_volume_rule": float((by_volume & (pred > 0) & (pred == ref)).sum()),
+           "false_region_rule": float((by_region & (ref == 0)).sum()),
+           "true_region_rule": float((by_region & (pred == ref)).sum()),
            "false": 0.0, "false_slice_rule": 0.0, "false_crop_rule": 0.0, "false_uncovered": 0.0,
            "true": 0.0, "true_slice_rule": 0.0, "true_crop_rule": 0.0}
     for z in range(pred.shape[0]):
@@ -94,11 +102,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--crop-mm", type=float, default=128.0, help="side of the square crops in mm (default 128)")
     ap.add_argument("--crops", type=int, default=64, help="random crops per slice (default 64)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--region-margin-mm", type=float, default=10.0,
+                    help="margin of the region rule in mm (default 10, the _organRegion variants')")
     ap.add_argument("runs", nargs="+", help="NAME=FOLDER of .nii.gz predictions")
     args = ap.parse_args(argv)
     print("| run | false foreground | removed by the volume rule | removed by the slice rule "
-          f"| removed by the {args.crop_mm:g} mm crop rule | true foreground removed (volume / slice / crop rule) |")
-    print("|---|---|---|---|---|---|")
+          f"| removed by the {args.crop_mm:g} mm crop rule "
+          f"| removed by the {args.region_margin_mm:g} mm region rule "
+          "| true foreground removed (volume / slice / crop / region rule) |")
+    print("|---|---|---|---|---|---|---|")
     for name, folder in named_folders(args.runs):
         rng = np.random.default_rng(args.seed)
         tot: dict[str, float] = {}
@@ -107,15 +119,16 @@ def main(argv: list[str] | None = None) -> None:
             pred = sitk.GetArrayFromImage(img)
             ref = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_file)))
             sx, sy = img.GetSpacing()[:2]
-            for k, v in reach(pred, ref, (sy, sx), args.classes, args.crop_mm, args.crops, rng).items():
+            for k, v in reach(pred, ref, (sy, sx), args.classes, args.crop_mm, args.crops, rng,
+                              args.region_margin_mm).items():
                 tot[k] = tot.get(k, 0.0) + float(v)
         f_all = max(tot["false"], 1.0)
         print(f"| {name} | {tot['false']:,.0f} | {tot['false_volume_rule']:,.0f} "
               f"({100 * tot['false_volume_rule'] / f_all:.0f} %) | {tot['false_slice_rule']:,.0f} "
               f"({100 * tot['false_slice_rule'] / f_all:.0f} %) | {tot['false_crop_rule']:,.0f} "
-              f"({100 * tot['false_crop_rule'] / f_all:.0f} %) | {tot['true_volume_rule']:,.0f} / "
-              f"{tot['true_slice_rule']:,.0f} / "
-              f"{tot['true_crop_rule']:,.0f} |")
+              f"({100 * tot['false_crop_rule'] / f_all:.0f} %) | {tot['false_region_rule']:,.0f} "
+              f"({100 * tot['false_region_rule'] / f_all:.0f} %) | {tot['true_volume_rule']:,.0f} / "
+              f"{tot['true_slice_rule']:,.0f} / {tot['true_crop_rule']:,.0f} / {tot['true_region_rule']:,.0f} |")
 
 
 if __name__ == "__main__":

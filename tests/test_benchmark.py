@@ -704,9 +704,10 @@ def test_error_location_splits_errors_by_kind_and_distance(tmp_path, capsys):
         error_location.main([f"run={tmp_path / 'pred'}", "--labels", str(tmp_path / "ref")])
 
 
-def test_crop_cleaning_reach_separates_volume_slice_and_crop_rules(tmp_path, capsys):
+def test_crop_cleaning_reach_separates_volume_slice_crop_and_region_rules(tmp_path, capsys):
     """A stray beside the organ's slice and one on a slice of its own: the volume rule removes both, the slice
-    rule (and a crop covering the whole slice) only the first, crops smaller than a blob's gap neither."""
+    rule (and a crop covering the whole slice) only the first, crops smaller than a blob's gap neither; the
+    organ-region rule both, but not a stray that touches another class's part of the organ."""
     import SimpleITK as sitk
 
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
@@ -724,6 +725,16 @@ def test_crop_cleaning_reach_separates_volume_slice_and_crop_rules(tmp_path, cap
     assert whole["true_volume_rule"] == whole["true_slice_rule"] == whole["true_crop_rule"] == 0
     tiny = crop_cleaning_reach.reach(pred, ref, (2.0, 2.0), [1], crop_mm=8.0, crops=64, rng=rng)
     assert tiny["false_crop_rule"] == 0 and tiny["false_slice_rule"] == 4
+    # the organ-region rule (10 mm = 5 px in plane): both strays lie outside, the organ inside
+    assert whole["false_region_rule"] == 8 and whole["true_region_rule"] == 0
+    # a class-1 stray that touches the organ's class-2 part: the per-class volume rule removes it, the region rule
+    # (one component of all foreground classes) keeps it
+    ref2 = np.zeros((1, 40, 40), dtype=np.uint8)
+    ref2[0, 4:12, 4:12], ref2[0, 12:16, 4:12] = 1, 2
+    pred2 = ref2.copy()
+    pred2[0, 16:18, 4:12] = 1
+    touching = crop_cleaning_reach.reach(pred2, ref2, (2.0, 2.0), [1, 2], crop_mm=200.0, crops=4, rng=rng)
+    assert touching["false"] == 16 and touching["false_volume_rule"] == 16 and touching["false_region_rule"] == 0
 
     for d, arr in (("pred", pred), ("ref", ref)):
         (tmp_path / d).mkdir()
@@ -733,7 +744,7 @@ def test_crop_cleaning_reach_separates_volume_slice_and_crop_rules(tmp_path, cap
     crop_cleaning_reach.main([f"run={tmp_path / 'pred'}", "--labels", str(tmp_path / "ref"), "--classes", "1",
                               "--crop-mm", "200"])
     row = [c.strip() for c in capsys.readouterr().out.splitlines()[2].strip("|").split("|")]
-    assert row[:5] == ["run", "8", "8 (100 %)", "4 (50 %)", "4 (50 %)"]
+    assert row[:6] == ["run", "8", "8 (100 %)", "4 (50 %)", "4 (50 %)", "8 (100 %)"]
 
 
 def test_class_frequency_by_patch_matches_the_labels_and_gives_dhc_weights(tiny_dataset, tmp_path, capsys):
