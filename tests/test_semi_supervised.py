@@ -352,6 +352,85 @@ def test_organ_region_teachers_predict_whole_volumes_and_teach_background_outsid
         build_trainer("", semi["name"], semi["pre"], trainer_cls=NoTeacherPass)
 
 
+def test_teaching_mask_leaves_out_exactly_the_pasted_foreground():
+    """``ignore_pasted_foreground``: a teacher's voxel is left out where it is foreground *and* inside a pasted box;
+    its background inside the box and everything outside still teach; with the option off nothing is left out."""
+    from types import SimpleNamespace
+
+    from nnunet_llmseg.data import mixing
+    from nnunet_llmseg.trainers.semi_supervised import nnUNetTrainerCoTraining
+
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.randn(2, 3, 8, 8, generator=gen)
+    box = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    box[:, :, 2:6, 3:7] = True
+    cutmix = mixing.CutMixBatch(box, torch.tensor([1, 0]))
+    on = SimpleNamespace(ignore_pasted_foreground=True, label_manager=SimpleNamespace(has_regions=False))
+    keep = nnUNetTrainerCoTraining.teaching_mask(on, teacher, cutmix)
+    pasted_fg = box[:, 0] & (teacher.argmax(1) > 0)
+    assert pasted_fg.any() and (box[:, 0] & (teacher.argmax(1) == 0)).any()  # both kinds occur in the box
+    assert keep.shape == box.shape and torch.equal(~keep[:, 0], pasted_fg)
+    off = SimpleNamespace(ignore_pasted_foreground=False, label_manager=on.label_manager)
+    assert nnUNetTrainerCoTraining.teaching_mask(off, teacher, cutmix) is None
+
+
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerLLMSeg_pastedForegroundIgnored",
+                                          "nnUNetTrainerTAK_pastedForegroundIgnored"])
+def test_pasted_foreground_is_not_taught_in_a_real_step(semi, trainer_name):
+    """On the real trainer: the peers' teaching reaches every unlabelled voxel but the teacher's foreground inside
+    the pasted boxes (LLM-SegNet: the USL's voxel mask; TAK: its pseudo-labels are -1 there), and the step reports
+    the share left out."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnunet_llmseg.trainers.semi_supervised import unwrap
+
+    trainer = build_trainer(trainer_name, semi["name"], semi["pre"])
+    trainer.initialize()
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    calls, frames, teachers = [], [], []
+    mixed_frame = trainer.mixed_frame
+    trainer.mixed_frame = lambda *args: (lambda r: teachers.extend(r[2:]) or r)(mixed_frame(*args))
+    if "TAK" in trainer_name:
+        for key in ("a", "b"):
+            balance = unwrap(trainer.network).training_state[key]
+            original = balance.pseudo_label_loss
+            balance.pseudo_label_loss = (lambda orig: lambda logits, labels, **kw: calls.append(labels)
+                                         or orig(logits, labels, **kw))(original)
+    else:
+        usl = trainer.unsupervised_loss
+        trainer.unsupervised_loss = lambda student, teacher, mask=None: calls.append((teacher, mask)) \
+            or usl(student, teacher, mask)
+    compute_losses = trainer.compute_losses
+    trainer.compute_losses = lambda *args: frames.append(args[-1]) or compute_losses(*args)
+    try:
+        trainer.on_train_epoch_start()
+        trainer.current_epoch = trainer.num_epochs - 1
+        out = trainer.train_step(next(trainer.dataloader_train))
+    finally:
+        trainer.dataloader_train._finish()
+    cutmix, = frames
+    assert len(teachers) == len(calls) == 2
+    left_out = []
+    for teacher, call in zip(teachers, calls):  # A teaches B first, then B teaches A
+        pasted_fg = cutmix.mask[:, 0] & (teacher.argmax(1) > 0)
+        assert pasted_fg.any(), "the test needs foreground in a box"
+        if "TAK" in trainer_name:
+            assert bool((call[pasted_fg] == -1).all())
+            assert bool((call[~cutmix.mask[:, 0]] >= 0).any())  # outside the boxes confident voxels still teach
+        else:
+            taught_teacher, mask = call
+            torch.testing.assert_close(taught_teacher, teacher)
+            assert torch.equal(~mask[:, 0], pasted_fg)
+        left_out.append(pasted_fg.float().mean())
+    assert float(out["pasted_foreground_ignored"]) == pytest.approx(float(torch.stack(left_out).mean()), abs=1e-6)
+
+    class NoBoxes(recursive_find_trainer_class_by_name(trainer_name)):
+        mixed_view = "intensity"
+
+    with pytest.raises(ValueError, match="ignore_pasted_foreground needs mixed_view 'both'"):
+        build_trainer("", semi["name"], semi["pre"], trainer_cls=NoBoxes)
+
+
 @pytest.mark.parametrize("trainer_name", ["nnUNetTrainerLLMSeg_labelledMix", "nnUNetTrainerTAK_labelledMix"])
 def test_labelled_mix_puts_labelled_crops_into_the_students_view_and_the_truth_teaches_them(semi, trainer_name):
     """``_labelledMix`` on the real trainer: the teachers' forward sees the plain unlabelled crops, the students'

@@ -26,12 +26,14 @@ METHOD_ALIASES: dict[str, str] = {
     "cotraining_clean": "nnUNetTrainerCoTraining_cleanTeacher",
     "cotraining_lmix": "nnUNetTrainerCoTraining_labelledMix",
     "cotraining_region": "nnUNetTrainerCoTraining_organRegion",
+    "cotraining_pasted": "nnUNetTrainerCoTraining_pastedForegroundIgnored",
     "llmseg_notext": "nnUNetTrainerLLMSeg_noText",
     "llmseg_nousl": "nnUNetTrainerLLMSeg_noUSL",
     "llmseg_nomix": "nnUNetTrainerLLMSeg_noMix",
     "llmseg_clean": "nnUNetTrainerLLMSeg_cleanTeacher",
     "llmseg_lmix": "nnUNetTrainerLLMSeg_labelledMix",
     "llmseg_region": "nnUNetTrainerLLMSeg_organRegion",
+    "llmseg_pasted": "nnUNetTrainerLLMSeg_pastedForegroundIgnored",
     "tak_notext": "nnUNetTrainerTAK_noText",
     "tak_nocontrast": "nnUNetTrainerTAK_noContrast",
     "tak_nobalance": "nnUNetTrainerTAK_noBalance",
@@ -39,6 +41,7 @@ METHOD_ALIASES: dict[str, str] = {
     "tak_clean": "nnUNetTrainerTAK_cleanTeacher",
     "tak_lmix": "nnUNetTrainerTAK_labelledMix",
     "tak_region": "nnUNetTrainerTAK_organRegion",
+    "tak_pasted": "nnUNetTrainerTAK_pastedForegroundIgnored",
 }
 DEFAULT_METHODS: tuple[str, ...] = ("labelled_only", "llmseg", "tak", "all_labels")
 #: folder (under the results root) holding the generated schedule-variant modules

@@ -17,12 +17,14 @@ from nnunet_llmseg.trainers.variants import (
     nnUNetTrainerCoTraining_labelledMix,
     nnUNetTrainerCoTraining_noMix,
     nnUNetTrainerCoTraining_organRegion,
+    nnUNetTrainerCoTraining_pastedForegroundIgnored,
     nnUNetTrainerLLMSeg_cleanTeacher,
     nnUNetTrainerLLMSeg_labelledMix,
     nnUNetTrainerLLMSeg_noMix,
     nnUNetTrainerLLMSeg_noText,
     nnUNetTrainerLLMSeg_noUSL,
     nnUNetTrainerLLMSeg_organRegion,
+    nnUNetTrainerLLMSeg_pastedForegroundIgnored,
     nnUNetTrainerTAK_cleanTeacher,
     nnUNetTrainerTAK_labelledMix,
     nnUNetTrainerTAK_noBalance,
@@ -30,6 +32,7 @@ from nnunet_llmseg.trainers.variants import (
     nnUNetTrainerTAK_noText,
     nnUNetTrainerTAK_noUnlabelled,
     nnUNetTrainerTAK_organRegion,
+    nnUNetTrainerTAK_pastedForegroundIgnored,
 )
 
 _METHOD_TRAINERS = [
@@ -40,6 +43,7 @@ _METHOD_TRAINERS = [
     nnUNetTrainerCoTraining_cleanTeacher,
     nnUNetTrainerCoTraining_labelledMix,
     nnUNetTrainerCoTraining_organRegion,
+    nnUNetTrainerCoTraining_pastedForegroundIgnored,
     nnUNetTrainerLLMSeg,
     nnUNetTrainerLLMSeg_noText,
     nnUNetTrainerLLMSeg_noUSL,
@@ -47,6 +51,7 @@ _METHOD_TRAINERS = [
     nnUNetTrainerLLMSeg_cleanTeacher,
     nnUNetTrainerLLMSeg_labelledMix,
     nnUNetTrainerLLMSeg_organRegion,
+    nnUNetTrainerLLMSeg_pastedForegroundIgnored,
     nnUNetTrainerTAK,
     nnUNetTrainerTAK_noText,
     nnUNetTrainerTAK_noContrast,
@@ -55,6 +60,7 @@ _METHOD_TRAINERS = [
     nnUNetTrainerTAK_cleanTeacher,
     nnUNetTrainerTAK_labelledMix,
     nnUNetTrainerTAK_organRegion,
+    nnUNetTrainerTAK_pastedForegroundIgnored,
 ]
 
 __all__ = [t.__name__ for t in _METHOD_TRAINERS] + ["nnUNetTrainerSemiSupervised"]

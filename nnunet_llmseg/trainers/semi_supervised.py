@@ -43,7 +43,13 @@ from nnunet_llmseg.data.unlabeled_preprocessing import (
 )
 from nnunet_llmseg.losses.cps import CrossPseudoSupervisionLoss
 from nnunet_llmseg.losses.regions import OutputSpace
-from nnunet_llmseg.losses.teacher_cleaning import CONFIDENT_LOGIT, background_outside_largest_components
+from nnunet_llmseg.losses.teacher_cleaning import (
+    CONFIDENT_LOGIT,
+    background_outside_largest_components,
+    background_outside_region,
+    foreground,
+    organ_region,
+)
 from nnunet_llmseg.networks.text_unets import TwinNetwork, predict_networks_from_env
 from nnunet_llmseg.trainers.crash_safety import CrashSafeTraining
 from nnunet_llmseg.trainers.pretrained import describe, install_pretrained_hook, load_pretrained_into_twin
@@ -281,6 +287,11 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     teacher_region_margin_mm: float | None = None
     region_start_fraction: float = 0.1
     region_refresh_epochs: int = 10
+    #: leave the teachers' foreground inside the pasted CutMix boxes out of the unsupervised loss (their background
+    #: there still teaches): a pasted box shows its content cut from its surroundings, and a student taught to label
+    #: an LV cavity cut from its myocardium may learn to label any bright blob as one (docs/methods.md: the
+    #: co-trained networks' own far false foreground). Needs mixed_view "both"
+    ignore_pasted_foreground: bool = False
     #: whether ``TwinNetwork`` must also return decoder features (TAK's contrastive loss needs them)
     return_features: bool = False
     #: text priors the networks read (keys of ``prior_generation``'s embeddings, concatenated per class);
@@ -294,6 +305,9 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         if self.mixed_view not in ("both", "b", "none", "intensity", "labelled"):  # checked once, at start
             raise ValueError(f"{type(self).__name__}.mixed_view must be 'both', 'b', 'none', 'intensity' or "
                              f"'labelled', not {self.mixed_view!r}")
+        if self.ignore_pasted_foreground and self.mixed_view != "both":
+            raise ValueError(f"{type(self).__name__}.ignore_pasted_foreground needs mixed_view 'both' (unlabelled "
+                             f"partners, a separate teacher pass), not {self.mixed_view!r}")
         for option, on in (("clean_teacher_strays", self.clean_teacher_strays),
                            ("teacher_region_margin_mm", self.teacher_region_margin_mm is not None)):
             if on and self.mixed_view not in ("both", "intensity", "labelled"):  # both clean the teachers' pass
@@ -398,7 +412,6 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         ranks wait."""
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        from nnunet_llmseg.losses.teacher_cleaning import foreground, organ_region
 
         start = time.time()
         folder = self.region_folder()
@@ -442,7 +455,6 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
                                     ) -> tuple[tuple[torch.Tensor, ...], float]:
         """The teachers' unmixed predictions with foreground outside the crops' organ regions made background, and
         the share of the first teacher's foreground voxels that this removed (logged per epoch)."""
-        from nnunet_llmseg.losses.teacher_cleaning import background_outside_region, foreground
 
         has_regions = self.label_manager.has_regions
         region = region.to(self.device, non_blocking=True)
@@ -510,14 +522,31 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         logits_a, logits_b = _full_res(out_a), _full_res(out_b)
         rel_a, rel_b = self.teacher_reliabilities(logits_a[:n_l], logits_b[:n_l], y_l)
         student_a, student_b, teacher_a, teacher_b = self.mixed_frame(logits_a, logits_b, n_l, cutmix)
-        loss_b, stats_b = self.unsupervised_loss(student_b, teacher_a)  # A teaches B
-        loss_a, stats_a = self.unsupervised_loss(student_a, teacher_b)  # B teaches A
+        keep_b, keep_a = self.teaching_mask(teacher_a, cutmix), self.teaching_mask(teacher_b, cutmix)
+        loss_b, stats_b = self.unsupervised_loss(student_b, teacher_a, keep_b)  # A teaches B
+        loss_a, stats_a = self.unsupervised_loss(student_a, teacher_b, keep_a)  # B teaches A
         w = self.unsup_weight()
         unsup = loss_a + loss_b
         gated = rel_a * loss_b + rel_b * loss_a
-        return {"loss": sup + w * gated, "sup_loss": sup.detach(), "unsup_loss": unsup.detach(),
-                "unsup_weight": w, "reliability": 0.5 * (rel_a + rel_b),
-                "confident_fraction": 0.5 * (stats_a["confident_fraction"] + stats_b["confident_fraction"])}
+        losses = {"loss": sup + w * gated, "sup_loss": sup.detach(), "unsup_loss": unsup.detach(),
+                  "unsup_weight": w, "reliability": 0.5 * (rel_a + rel_b),
+                  "confident_fraction": 0.5 * (stats_a["confident_fraction"] + stats_b["confident_fraction"])}
+        return self._with_pasted_share(losses, keep_a, keep_b)
+
+    def teaching_mask(self, teacher: torch.Tensor, cutmix: mixing.CutMixBatch) -> torch.Tensor | None:
+        """Where a teacher's output (mixed frame, ``(n_u, C, *spatial)``) teaches: everywhere (``None``), or with
+        ``ignore_pasted_foreground`` everywhere but its foreground inside the pasted boxes (bool
+        ``(n_u, 1, *spatial)``, True = teaches)."""
+        if not self.ignore_pasted_foreground:
+            return None
+        return ~(cutmix.mask & foreground(teacher.detach(), self.label_manager.has_regions))
+
+    @staticmethod
+    def _with_pasted_share(losses: dict, *keeps: torch.Tensor | None) -> dict:
+        """``losses`` plus, when pasted foreground is left out, the share of unlabelled voxels it covered."""
+        if keeps and keeps[0] is not None:
+            losses["pasted_foreground_ignored"] = torch.stack([(~k).float().mean() for k in keeps]).mean().detach()
+        return losses
 
     @staticmethod
     def mixed_frame(logits_a: torch.Tensor, logits_b: torch.Tensor, n_l: int, cutmix: mixing.CutMixBatch
@@ -587,6 +616,10 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         self.logger.log("text_share", self.text_share(), self.current_epoch)
         self.logger.log("class_weights", self.class_weights_for_log(), self.current_epoch)
         log = self.logger.local_logger.my_fantastic_logging
+        ignored = [float(o["pasted_foreground_ignored"]) for o in train_outputs if "pasted_foreground_ignored" in o]
+        if ignored:
+            self.print_to_log_file(f"pasted foreground: {np.mean(ignored):.4f} of the unlabelled voxels were the "
+                                   "teachers' foreground inside pasted boxes, left out of the unsupervised loss")
         cleaned = [float(o["region_cleaned"]) for o in train_outputs if "region_cleaned" in o]
         if cleaned:
             self.print_to_log_file(f"organ regions: {np.mean(cleaned):.4f} of the teachers' foreground voxels on "

@@ -115,8 +115,9 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         with torch.no_grad():
             prob_from_a = out.probs(teacher_a.detach())
             prob_from_b = out.probs(teacher_b.detach())
-            plab_from_a = self._confident_labels(prob_from_a)
-            plab_from_b = self._confident_labels(prob_from_b)
+            keep_b, keep_a = self.teaching_mask(teacher_a, cutmix), self.teaching_mask(teacher_b, cutmix)
+            plab_from_a = _drop_outside(self._confident_labels(prob_from_a), keep_b)
+            plab_from_b = _drop_outside(self._confident_labels(prob_from_b), keep_a)
         unsup_b = balance["b"].pseudo_label_loss(student_b, plab_from_a)  # A teaches B
         unsup_a = balance["a"].pseudo_label_loss(student_a, plab_from_b)  # B teaches A
         unsup = unsup_a + unsup_b
@@ -137,9 +138,10 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         total = sup + self.balance_weight * bal_sup + w * gated + self.contrast_weight * contrast
         if self.is_ddp:  # DDP wants a gradient for every parameter: add the idle ones with weight 0
             total = total + _zero_touch(twin, total)
-        return {"loss": total, "sup_loss": (sup + self.balance_weight * bal_sup).detach(),
-                "unsup_loss": unsup.detach(), "unsup_weight": w, "reliability": 0.5 * (rel_a + rel_b),
-                "confident_fraction": confident.detach(), "contrast_loss": contrast.detach()}
+        losses = {"loss": total, "sup_loss": (sup + self.balance_weight * bal_sup).detach(),
+                  "unsup_loss": unsup.detach(), "unsup_weight": w, "reliability": 0.5 * (rel_a + rel_b),
+                  "confident_fraction": confident.detach(), "contrast_loss": contrast.detach()}
+        return self._with_pasted_share(losses, keep_a, keep_b)
 
     def _confident_labels(self, prob: torch.Tensor) -> torch.Tensor:
         """The peer's argmax, ``-1`` (ignored) where its max probability is below ``pseudo_label_threshold``.
@@ -209,6 +211,14 @@ class nnUNetTrainerTAK(nnUNetTrainerCoTraining):
         """Network ``net``'s current class-balance weights (None for a balance without ``weights``)."""
         weights = getattr(unwrap(self.network).training_state[net], "weights", None)
         return [float(w) for w in weights().tolist()] if callable(weights) else None
+
+
+def _drop_outside(labels: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Pseudo-labels (``(B, *spatial)``, or ``(B, R, *spatial)`` for regions) set to ``-1`` (ignored) where ``keep``
+    (bool ``(B, 1, *spatial)``) is False; unchanged when ``keep`` is None."""
+    if keep is None:
+        return labels
+    return labels.masked_fill(~(keep[:, 0] if labels.dim() == keep.dim() - 1 else keep), -1)
 
 
 def _zero_touch(twin: nn.Module, like: torch.Tensor) -> torch.Tensor:

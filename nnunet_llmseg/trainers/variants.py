@@ -52,6 +52,15 @@ class nnUNetTrainerCoTraining_organRegion(nnUNetTrainerCoTraining):
     teacher_region_margin_mm = 10.0
 
 
+class nnUNetTrainerCoTraining_pastedForegroundIgnored(nnUNetTrainerCoTraining):
+    """Plain co-training whose students are not taught the foreground pasted into their crops by CutMix
+    (``ignore_pasted_foreground``): background inside the boxes and everything outside them still teaches. Asks
+    whether the co-trained networks' own far false foreground comes from labelling structures cut from their
+    surroundings (docs/methods.md)."""
+
+    ignore_pasted_foreground = True
+
+
 class nnUNetTrainerLLMSeg_noText(nnUNetTrainerLLMSeg):
     """LLM-SegNet without the text-fusion block (co-training + USL only); needs no priors."""
 
@@ -80,6 +89,12 @@ class nnUNetTrainerLLMSeg_organRegion(nnUNetTrainerLLMSeg):
     """LLM-SegNet with organ-region teachers (see ``CoTraining_organRegion``)."""
 
     teacher_region_margin_mm = 10.0
+
+
+class nnUNetTrainerLLMSeg_pastedForegroundIgnored(nnUNetTrainerLLMSeg):
+    """LLM-SegNet without teaching of pasted foreground (see ``CoTraining_pastedForegroundIgnored``)."""
+
+    ignore_pasted_foreground = True
 
 
 class nnUNetTrainerLLMSeg_noUSL(nnUNetTrainerLLMSeg):
@@ -118,6 +133,13 @@ class nnUNetTrainerTAK_organRegion(nnUNetTrainerTAK):
     """TAK with organ-region teachers (see ``CoTraining_organRegion``)."""
 
     teacher_region_margin_mm = 10.0
+
+
+class nnUNetTrainerTAK_pastedForegroundIgnored(nnUNetTrainerTAK):
+    """TAK without pseudo-labels on pasted foreground (see ``CoTraining_pastedForegroundIgnored``; the contrast's
+    voxel labels are unchanged)."""
+
+    ignore_pasted_foreground = True
 
 
 class nnUNetTrainerTAK_noBalance(nnUNetTrainerTAK):
