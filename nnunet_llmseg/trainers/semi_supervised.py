@@ -412,7 +412,6 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         ranks wait."""
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-
         start = time.time()
         folder = self.region_folder()
         if self.local_rank == 0:
@@ -455,7 +454,6 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
                                     ) -> tuple[tuple[torch.Tensor, ...], float]:
         """The teachers' unmixed predictions with foreground outside the crops' organ regions made background, and
         the share of the first teacher's foreground voxels that this removed (logged per epoch)."""
-
         has_regions = self.label_manager.has_regions
         region = region.to(self.device, non_blocking=True)
         fg = foreground(plain[0], has_regions)
