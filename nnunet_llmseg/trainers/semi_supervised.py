@@ -246,6 +246,15 @@ class nnUNetTrainerSemiSupervised(CrashSafeTraining, nnUNetTrainer):
         super().on_train_end()
 
 
+#: per-step shares the engine options report (``train_step`` output key, epoch log line with the epoch's mean)
+_OPTION_SHARES = (
+    ("pasted_foreground_ignored", "pasted foreground: {:.4f} of the unlabelled voxels were the teachers' foreground "
+                                  "inside pasted boxes, left out of the unsupervised loss"),
+    ("region_cleaned", "organ regions: {:.4f} of the teachers' foreground voxels on unlabelled crops lay outside and "
+                       "were taught as background"),
+)
+
+
 class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
     """Two networks, each teaching the other on unlabelled data (cross pseudo-supervision with CutMix).
 
@@ -614,14 +623,10 @@ class nnUNetTrainerCoTraining(nnUNetTrainerSemiSupervised):
         self.logger.log("text_share", self.text_share(), self.current_epoch)
         self.logger.log("class_weights", self.class_weights_for_log(), self.current_epoch)
         log = self.logger.local_logger.my_fantastic_logging
-        ignored = [float(o["pasted_foreground_ignored"]) for o in train_outputs if "pasted_foreground_ignored" in o]
-        if ignored:
-            self.print_to_log_file(f"pasted foreground: {np.mean(ignored):.4f} of the unlabelled voxels were the "
-                                   "teachers' foreground inside pasted boxes, left out of the unsupervised loss")
-        cleaned = [float(o["region_cleaned"]) for o in train_outputs if "region_cleaned" in o]
-        if cleaned:
-            self.print_to_log_file(f"organ regions: {np.mean(cleaned):.4f} of the teachers' foreground voxels on "
-                                   "unlabelled crops lay outside and were taught as background")
+        for key, message in _OPTION_SHARES:  # what an engine option changed this epoch, when it is on
+            shares = [float(o[key]) for o in train_outputs if key in o]
+            if shares:
+                self.print_to_log_file(message.format(np.mean(shares)))
         self.print_to_log_file(
             f"sup_loss {log['sup_losses'][-1]:.4f} unsup_loss {log['unsup_losses'][-1]:.4f} "
             f"(weight {log['unsup_weight'][-1]:.3f}, teacher reliability {log['reliability'][-1]:.3f}) "
